@@ -1,0 +1,42 @@
+"""Text in, domain scores out: embedding, router heads, fallback decisions and router artifacts.
+
+This package has no HTTP and knows adapters only as names stored in the artifact.
+"""
+
+from classifier.artifact import ArtifactError, load_router, read_manifest, save_router
+from classifier.decision import FallbackReason, Neighbour, Prediction, Thresholds
+from classifier.domain_router import DomainRouter
+from classifier.embedding import (
+    DEFAULT_EMBEDDING_MODEL,
+    Embedder,
+    EmbeddingModelError,
+    SentenceEmbedder,
+)
+from classifier.exemplars import Exemplar, ExemplarError, load_exemplars
+from classifier.heads import KnnHead, LogisticHead, make_head
+from classifier.index import ExemplarIndex
+from classifier.training import train_router
+
+__all__ = [
+    "DEFAULT_EMBEDDING_MODEL",
+    "ArtifactError",
+    "DomainRouter",
+    "Embedder",
+    "EmbeddingModelError",
+    "Exemplar",
+    "ExemplarError",
+    "ExemplarIndex",
+    "FallbackReason",
+    "KnnHead",
+    "LogisticHead",
+    "Neighbour",
+    "Prediction",
+    "SentenceEmbedder",
+    "Thresholds",
+    "load_exemplars",
+    "load_router",
+    "make_head",
+    "read_manifest",
+    "save_router",
+    "train_router",
+]

@@ -1,0 +1,196 @@
+"""Gateway configuration: a YAML file validated into typed settings with safe defaults.
+
+Relative paths in a config file resolve against the file's folder. ``data:NAME`` resolves to
+the project's bundled data (``data:skills``, ``data:demo_model``).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG = "data:default.yaml"
+
+
+class ConfigError(ValueError):
+    """The gateway configuration is missing or invalid; the message names the key and the fix."""
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouterSettings(_Settings):
+    """How the router is obtained and where its thresholds sit.
+
+    Give ``artifact`` (a folder written by ``adapter-router train``) or ``exemplars`` (a JSONL
+    file or folder; the router is trained at start and cached by the exemplars' hash).
+    Threshold fields left unset keep the artifact's values.
+    """
+
+    artifact: str | None = None
+    exemplars: str | None = None
+    embedding_model: str = "default"
+    head: Literal["logistic", "knn"] = "logistic"
+    confidence_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    domain_thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    out_of_domain_threshold: Annotated[float, Field(ge=-1, le=1)] | None = None
+    fallback_domains: list[str] = Field(default_factory=list)
+    cache_dir: str = "~/.cache/adapter-router"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RouterSettings:
+        if (self.artifact is None) == (self.exemplars is None):
+            raise ValueError("set exactly one of router.artifact and router.exemplars")
+        return self
+
+
+class EmbeddedBackendSettings(_Settings):
+    """An onnxruntime-genai model run in the gateway process, with its LoRA adapters."""
+
+    type: Literal["embedded"] = "embedded"
+    model: str
+    """Folder of the exported model (genai_config.json, model.onnx, tokenizer)."""
+    adapter_files: dict[str, str] = Field(default_factory=dict)
+    """Adapter name to ``.onnx_adapter`` path; unset names use ``<model>/adapters/<name>.onnx_adapter``."""
+    base_model_name: str = "base"
+    """The name under which the model without adapters is served."""
+    max_tokens: Annotated[int, Field(ge=1)] = 64
+    """Default completion length in tokens when a request sets none."""
+    max_tokens_limit: Annotated[int, Field(ge=1)] = 1024
+    """Upper bound on a request's ``max_tokens``."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    """Threads that run generation off the event loop."""
+
+
+class UpstreamBackendSettings(_Settings):
+    """An OpenAI-compatible model server (vLLM, LoRAX, ``adapter-router serve-model``)."""
+
+    type: Literal["upstream"]
+    url: str
+    """Base URL including ``/v1``, for example ``http://127.0.0.1:8001/v1``."""
+    base_model_name: str
+    """The upstream's name for the base model, sent as ``model`` when falling back."""
+    adapter_field: Literal["model", "adapter_id"] = "model"
+    """``model``: the adapter's served name goes in ``model`` (vLLM). ``adapter_id``: LoRAX."""
+    api_key_env: str | None = None
+    """Environment variable holding the upstream's API key, sent as a bearer token."""
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds to open a connection to the upstream."""
+    read_timeout: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds to wait for the next bytes of a response (per chunk when streaming)."""
+    max_connections: Annotated[int, Field(ge=1)] = 256
+
+
+class ServerSettings(_Settings):
+    """HTTP server settings."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    routing_alias: str = "auto"
+    """The ``model`` value that asks the gateway to route."""
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    """Largest accepted request body; larger bodies get HTTP 413."""
+    log_prompts: bool = False
+    """Log routing text with each decision. Off by default: prompts may hold personal data."""
+
+
+class GatewayConfig(_Settings):
+    """The whole gateway configuration file."""
+
+    router: RouterSettings
+    adapters: dict[str, str | None] = Field(default_factory=dict)
+    """Domain to adapter name; ``null`` serves the domain with the base model."""
+    backend: Annotated[EmbeddedBackendSettings | UpstreamBackendSettings, Field(discriminator="type")]
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    source: str | None = Field(default=None, exclude=True)
+    """The file this config was read from (set by :func:`load_config`)."""
+
+
+def data_path(name: str = "") -> Path:
+    """Return the path of the bundled data folder, or of ``name`` inside it."""
+    root = Path(str(resources.files("adapter_router_data")))
+    return root / name if name else root
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """Resolve a path from a config file: ``data:NAME``, ``~``, or relative to ``base``."""
+    if value.startswith("data:"):
+        return data_path(value.removeprefix("data:"))
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def load_config(source: str | Path | None = None) -> GatewayConfig:
+    """Read and validate a gateway config file; ``None`` reads the bundled default.
+
+    Relative paths inside the file are resolved against the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, not YAML, or a value is invalid. One line per problem, each
+        naming the key.
+    """
+    path = resolve_path(str(source or DEFAULT_CONFIG), Path.cwd())
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {source}: pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a YAML mapping with router, adapters and backend")
+
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe_validation_error(path, error)) from None
+    return _with_resolved_paths(config, path.parent, str(path))
+
+
+def _with_resolved_paths(config: GatewayConfig, base: Path, source: str) -> GatewayConfig:
+    router = config.router.model_copy(
+        update={
+            "artifact": config.router.artifact and str(resolve_path(config.router.artifact, base)),
+            "exemplars": config.router.exemplars and str(resolve_path(config.router.exemplars, base)),
+            "embedding_model": _resolve_embedding_model(config.router.embedding_model, base),
+        }
+    )
+    backend = config.backend
+    if isinstance(backend, EmbeddedBackendSettings):
+        backend = backend.model_copy(
+            update={
+                "model": str(resolve_path(backend.model, base)),
+                "adapter_files": {
+                    name: str(resolve_path(file, base)) for name, file in backend.adapter_files.items()
+                },
+            }
+        )
+    return config.model_copy(update={"router": router, "backend": backend, "source": source})
+
+
+def _resolve_embedding_model(value: str, base: Path) -> str:
+    from classifier.embedding import DEFAULT_EMBEDDING_MODEL
+
+    if value in ("default", DEFAULT_EMBEDDING_MODEL):
+        return value
+    return str(resolve_path(value, base))
+
+
+def _describe_validation_error(path: Path, error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{path}: unknown key {key}: remove it or check its spelling")
+        elif item["type"] == "missing":
+            problems.append(f"{path}: missing key {key}: add it")
+        else:
+            value = item.get("input")
+            problems.append(f"{path}: invalid {key} = {value!r}: {item['msg']}")
+    return "\n".join(problems)

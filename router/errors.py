@@ -1,0 +1,85 @@
+"""Gateway errors, each with its HTTP status and OpenAI error type and code.
+
+Handlers raise these; ``router.app`` turns every one into the OpenAI error shape
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class of errors returned to API callers."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, dict[str, str | None]]:
+        """Return the OpenAI error body."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(GatewayError):
+    """The request body or a parameter is invalid (HTTP 400)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(GatewayError):
+    """The requested model is neither the routing alias, the base model nor an adapter (HTTP 404)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RequestTooLargeError(GatewayError):
+    """The request body exceeds the configured size limit (HTTP 413)."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(GatewayError):
+    """The upstream model server failed or returned an invalid response (HTTP 502)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream model server did not answer in time (HTTP 504)."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """The upstream model server cannot be reached (HTTP 503)."""
+
+    status_code = 503
+    code = "upstream_unavailable"
+
+
+class GenerationError(GatewayError):
+    """The embedded model failed while generating (HTTP 500)."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "generation_failed"

@@ -1,0 +1,82 @@
+"""Build the domain router a gateway config asks for: load an artifact, or train from exemplars."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from classifier import (
+    DomainRouter,
+    SentenceEmbedder,
+    Thresholds,
+    load_exemplars,
+    load_router,
+    save_router,
+    train_router,
+)
+from classifier.exemplars import exemplars_digest
+from router.config import RouterSettings
+
+logger = logging.getLogger(__name__)
+
+
+def build_domain_router(settings: RouterSettings, adapters: dict[str, str | None]) -> DomainRouter:
+    """Return the router for ``settings``, with the config's threshold overrides applied.
+
+    With ``exemplars``, the router is trained once and cached under ``cache_dir`` by the hash of
+    the exemplars, the embedding model and the head, so later starts load it in well under a
+    second.
+    """
+    embedder = SentenceEmbedder(settings.embedding_model)
+    if settings.artifact is not None:
+        domain_router = load_router(settings.artifact, embedder)
+        logger.info("loaded router artifact %s", settings.artifact)
+    else:
+        domain_router = _trained_or_cached(settings, embedder, adapters)
+    return domain_router.with_thresholds(_thresholds(settings, domain_router.thresholds))
+
+
+def _trained_or_cached(
+    settings: RouterSettings, embedder: SentenceEmbedder, adapters: dict[str, str | None]
+) -> DomainRouter:
+    assert settings.exemplars is not None
+    exemplars = load_exemplars(settings.exemplars)
+    key = hashlib.sha256(
+        f"{exemplars_digest(exemplars)}|{embedder.name}|{settings.head}|{sorted(settings.fallback_domains)}".encode()
+    ).hexdigest()[:16]
+    cache = Path(settings.cache_dir).expanduser() / "routers" / key
+
+    if (cache / "router.json").is_file():
+        logger.info("loading cached router %s trained from %s", cache, settings.exemplars)
+        return load_router(cache, embedder)
+
+    logger.info("training router from %d exemplars in %s", len(exemplars), settings.exemplars)
+    domain_router = train_router(
+        exemplars,
+        embedder,
+        head=settings.head,
+        fallback_domains=settings.fallback_domains,
+        adapters=adapters,
+    )
+    try:
+        save_router(domain_router, cache)
+    except OSError as error:
+        logger.warning(
+            "cannot cache the trained router in %s (%s): it will be retrained at next start", cache, error
+        )
+    return domain_router
+
+
+def _thresholds(settings: RouterSettings, trained: Thresholds) -> Thresholds:
+    return Thresholds(
+        confidence=trained.confidence
+        if settings.confidence_threshold is None
+        else settings.confidence_threshold,
+        domains={**trained.domains, **settings.domain_thresholds},
+        out_of_domain=(
+            trained.out_of_domain
+            if settings.out_of_domain_threshold is None
+            else settings.out_of_domain_threshold
+        ),
+    )
