@@ -141,9 +141,10 @@ def _number(value: str) -> float:
 
 def _serve(args: argparse.Namespace) -> int:
     from router.config import load_config
-    from router.server import run_gateway
 
     config = load_config(args.config)
+    from router.server import run_gateway
+
     run_gateway(config, host=args.host, port=args.port)
     return 0
 

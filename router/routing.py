@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from classifier import DomainRouter, Neighbour, Prediction
+from router.config import ConfigError
 from router.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ class RoutingService:
         The ``model`` value that asks for routing.
     log_prompts : bool
         Include the routing text in decision logs.
+
+    Raises
+    ------
+    ConfigError
+        If a domain the router predicts has no adapter and is not a fallback domain.
     """
 
     def __init__(
@@ -105,7 +111,7 @@ class RoutingService:
             d for d in domain_router.domains if d not in adapters and d not in domain_router.fallback_domains
         ]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"domains without an adapter: {', '.join(missing)}: map each under 'adapters' in the config "
                 "(null serves a domain with the base model)"
             )
