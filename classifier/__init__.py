@@ -4,7 +4,7 @@ This package has no HTTP and knows adapters only as names stored in the artifact
 """
 
 from classifier.artifact import ArtifactError, load_router, read_manifest, save_router
-from classifier.decision import FallbackReason, Neighbour, Prediction, Thresholds
+from classifier.decision import ConfidenceMode, FallbackReason, Neighbour, Prediction, Thresholds
 from classifier.domain_router import DomainRouter
 from classifier.embedding import (
     DEFAULT_EMBEDDING_MODEL,
@@ -20,6 +20,7 @@ from classifier.training import train_router
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "ArtifactError",
+    "ConfidenceMode",
     "DomainRouter",
     "Embedder",
     "EmbeddingModelError",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from classifier.decision import Thresholds
+from classifier.decision import ConfidenceMode, Thresholds
 from classifier.domain_router import DomainRouter
 from classifier.embedding import Embedder
 from classifier.exemplars import ExemplarError, load_exemplars
@@ -132,6 +132,9 @@ def load_router(path: str | Path, embedder: Embedder) -> DomainRouter:
         ) from error
 
     thresholds = manifest["thresholds"]
+    confidence_mode = manifest.get("confidence_mode", "score")
+    if confidence_mode not in {mode.value for mode in ConfidenceMode}:
+        raise ArtifactError(f"{path}: unknown confidence_mode {confidence_mode!r}: retrain the router")
     return DomainRouter(
         embedder=embedder,
         head=head,
@@ -143,6 +146,7 @@ def load_router(path: str | Path, embedder: Embedder) -> DomainRouter:
             out_of_domain=thresholds.get("out_of_domain", 0.0),
         ),
         fallback_domains=manifest.get("fallback_domains", []),
+        confidence_mode=confidence_mode,
         adapters=manifest.get("adapters", {}),
         metadata=manifest.get("training", {}),
     )
@@ -163,6 +167,7 @@ def _manifest(router: DomainRouter, array_names: list[str]) -> dict[str, Any]:
         "label_domains": router.label_domains,
         "fallback_domains": sorted(router.fallback_domains),
         "adapters": router.adapters,
+        "confidence_mode": str(router.confidence_mode),
         "thresholds": {
             "confidence": router.thresholds.confidence,
             "domains": dict(router.thresholds.domains),

@@ -18,6 +18,16 @@ class FallbackReason(StrEnum):
     """The best domain is one trained to go to the base model, such as ``general``."""
 
 
+class ConfidenceMode(StrEnum):
+    """What the confidence threshold is applied to."""
+
+    SCORE = "score"
+    """The best domain's score (summed label probabilities)."""
+    SCORE_X_SIMILARITY = "score_x_similarity"
+    """The best domain's score times the cosine similarity to the nearest exemplar, so prompts far
+    from every exemplar lose confidence even when the head is sure."""
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Fallback thresholds.
@@ -89,8 +99,9 @@ def decide(
     similarity: float,
     thresholds: Thresholds,
     fallback_domains: frozenset[str],
+    mode: ConfidenceMode = ConfidenceMode.SCORE,
 ) -> tuple[str, float, FallbackReason | None]:
-    """Pick the best domain and the fallback reason, if any.
+    """Pick the best domain, its confidence and the fallback reason, if any.
 
     Checks run in this order: the best domain is a fallback domain, the nearest exemplar is too
     far (out of domain), the confidence is below the domain's threshold.
@@ -101,6 +112,8 @@ def decide(
     """
     domain = max(scores, key=scores.__getitem__)
     confidence = float(scores[domain])
+    if mode is ConfidenceMode.SCORE_X_SIMILARITY:
+        confidence *= max(similarity, 0.0)
 
     if domain in fallback_domains:
         return domain, confidence, FallbackReason.FALLBACK_DOMAIN

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from classifier.decision import Neighbour, Prediction, Thresholds, decide
+from classifier.decision import ConfidenceMode, Neighbour, Prediction, Thresholds, decide
 from classifier.embedding import Embedder
 from classifier.exemplars import Exemplar
 from classifier.heads import KnnHead, LogisticHead
@@ -17,7 +17,8 @@ class DomainRouter:
     """Classifies texts into skill domains, with fallback to the base model.
 
     Domain scores are the head's label probabilities summed per domain. The confidence is the
-    best domain's score; the similarity to the nearest exemplar is the out-of-domain signal.
+    best domain's score, optionally times the similarity to the nearest exemplar (see
+    :class:`ConfidenceMode`); that similarity alone is the out-of-domain signal.
     Build one with :func:`classifier.train_router` or :func:`classifier.load_router`.
 
     Examples
@@ -37,6 +38,7 @@ class DomainRouter:
         index: ExemplarIndex,
         thresholds: Thresholds,
         fallback_domains: Sequence[str] = (),
+        confidence_mode: ConfidenceMode | str = ConfidenceMode.SCORE,
         adapters: Mapping[str, str | None] | None = None,
         metadata: Mapping[str, object] | None = None,
     ) -> None:
@@ -53,6 +55,7 @@ class DomainRouter:
         self.index = index
         self.thresholds = thresholds
         self.fallback_domains = frozenset(fallback_domains)
+        self.confidence_mode = ConfidenceMode(confidence_mode)
         self.adapters = dict(adapters or {})
         self.metadata = dict(metadata or {})
         self.label_domains = label_domains
@@ -104,7 +107,7 @@ class DomainRouter:
             domain_scores = dict(zip(self.domains, scores[row].tolist(), strict=True))
             similarity = float(similarities[row, 0])
             domain, confidence, reason = decide(
-                domain_scores, similarity, self.thresholds, self.fallback_domains
+                domain_scores, similarity, self.thresholds, self.fallback_domains, self.confidence_mode
             )
             neighbours = tuple(
                 self._neighbour(int(i), float(s))

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from classifier.decision import Thresholds
+from classifier.decision import ConfidenceMode, Thresholds
 from classifier.domain_router import DomainRouter
 from classifier.embedding import Embedder
 from classifier.exemplars import Exemplar, ExemplarError, exemplars_digest
@@ -25,6 +25,7 @@ def train_router(
     head_params: Mapping[str, Any] | None = None,
     thresholds: Thresholds | None = None,
     fallback_domains: Sequence[str] = (),
+    confidence_mode: ConfidenceMode | str = ConfidenceMode.SCORE,
     adapters: Mapping[str, str | None] | None = None,
     show_progress: bool = False,
 ) -> DomainRouter:
@@ -42,6 +43,8 @@ def train_router(
         Fallback thresholds stored with the router.
     fallback_domains : sequence of str
         Domains whose prompts go to the base model (for example ``general``).
+    confidence_mode : ConfidenceMode or str
+        What the confidence threshold applies to: ``"score"`` or ``"score_x_similarity"``.
     adapters : mapping of str to str or None, optional
         Domain to adapter names stored in the artifact; the gateway config may override them.
     show_progress : bool
@@ -82,6 +85,7 @@ def train_router(
         index=ExemplarIndex(embeddings),
         thresholds=thresholds or Thresholds(),
         fallback_domains=fallback_domains,
+        confidence_mode=confidence_mode,
         adapters=adapters,
         metadata=metadata,
     )

@@ -104,6 +104,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="minimum cosine similarity to the nearest exemplar, -1 to 1; 0 disables (default: 0)",
     )
+    train.add_argument(
+        "--confidence-mode",
+        choices=["score", "score_x_similarity"],
+        default="score",
+        help="what the confidence threshold applies to: the domain score, or the score times the "
+        "nearest-exemplar similarity (default: score)",
+    )
     train.set_defaults(handler=_train)
 
     route = commands.add_parser("route", help="show the routing decision for a text")
@@ -174,6 +181,7 @@ def _train(args: argparse.Namespace) -> int:
         head=args.head,
         thresholds=thresholds,
         fallback_domains=args.fallback_domain,
+        confidence_mode=args.confidence_mode,
         show_progress=True,
     )
     save_router(domain_router, args.out)

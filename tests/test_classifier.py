@@ -10,6 +10,7 @@ import pytest
 
 from classifier import (
     ArtifactError,
+    ConfidenceMode,
     Exemplar,
     ExemplarError,
     FallbackReason,
@@ -123,6 +124,17 @@ def test_decide_applies_thresholds_in_order(scores, similarity, expected_reason)
     assert domain == max(scores, key=scores.__getitem__)
     assert confidence == max(scores.values())
     assert reason == expected_reason
+
+
+def test_score_x_similarity_lowers_confidence_far_from_exemplars():
+    thresholds = Thresholds(confidence=0.6)
+    scores = {"math": 0.9, "code": 0.1}
+
+    near = decide(scores, 0.9, thresholds, frozenset(), ConfidenceMode.SCORE_X_SIMILARITY)
+    far = decide(scores, 0.5, thresholds, frozenset(), ConfidenceMode.SCORE_X_SIMILARITY)
+
+    assert near == ("math", pytest.approx(0.81), None)
+    assert far == ("math", pytest.approx(0.45), FallbackReason.LOW_CONFIDENCE)
 
 
 def test_thresholds_reject_out_of_range_values():
