@@ -1,6 +1,6 @@
 """Gateway errors, each with its HTTP status and OpenAI error type and code.
 
-Handlers raise these; ``router.app`` turns every one into the OpenAI error shape
+Handlers raise these; ``router.error_handlers`` turns every one into the OpenAI error shape
 ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -46,6 +46,22 @@ class ModelNotFoundError(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "model_not_found"
+
+
+class NotFoundError(GatewayError):
+    """No endpoint exists at the requested path (HTTP 404)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    """The endpoint exists but does not accept the request's HTTP method (HTTP 405)."""
+
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class RequestTooLargeError(GatewayError):

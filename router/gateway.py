@@ -1,0 +1,159 @@
+"""The serving object behind the gateway's HTTP API: route each request, then call the backend."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio.to_thread
+
+from router.backends.base import Backend, BackendCall, BackendResult
+from router.backends.embedded import EmbeddedBackend
+from router.backends.upstream import UpstreamBackend
+from router.config import ConfigError, EmbeddedBackendSettings, GatewayConfig
+from router.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    RouteRequest,
+)
+from router.router_loader import build_domain_router
+from router.routing import RouteDecision, RoutingService
+from router.routing_text import chat_routing_text, completion_routing_text
+
+logger = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Routing plus a backend: what each endpoint of the gateway does, without HTTP.
+
+    Parameters
+    ----------
+    routing : RoutingService
+    backend : Backend
+    max_body_bytes : int
+        Largest accepted request body, in bytes.
+    """
+
+    def __init__(self, routing: RoutingService, backend: Backend, *, max_body_bytes: int = 1_048_576) -> None:
+        self.routing = routing
+        self.backend = backend
+        self.max_body_bytes = max_body_bytes
+
+    async def start(self) -> None:
+        """Start the backend; an upstream's model list is checked against the adapters."""
+        await self.backend.start()
+        if isinstance(self.backend, UpstreamBackend) and self.backend.settings.adapter_field == "model":
+            await self.backend.check_models(self.routing.model_names[1:])
+
+    async def close(self) -> None:
+        """Stop the backend."""
+        await self.backend.close()
+
+    def models(self) -> ModelList:
+        """List the routing alias, the base model and every adapter."""
+        base = self.routing.base_model
+        cards = [ModelCard(id=self.routing.routing_alias), ModelCard(id=base)]
+        cards += [ModelCard(id=adapter, parent=base) for adapter in self.routing.adapter_names]
+        return ModelList(data=cards)
+
+    async def route(self, model: str, text: str, request_id: str) -> RouteDecision:
+        """Decide which model serves a request; the embedding runs on a worker thread.
+
+        Raises
+        ------
+        ModelNotFoundError
+            If ``model`` is neither the routing alias, the base model nor an adapter.
+        """
+        self.routing.check_model(model)
+        return await anyio.to_thread.run_sync(lambda: self.routing.route(model, text, request_id=request_id))
+
+    async def route_chat(
+        self, params: ChatCompletionRequest, body: dict[str, Any], request_id: str
+    ) -> RouteDecision:
+        """Route a chat completion request by its latest user turn."""
+        return await self.route(params.model, chat_routing_text(body["messages"]), request_id)
+
+    async def route_completion(self, params: CompletionRequest, request_id: str) -> RouteDecision:
+        """Route a text completion request by its (last) string prompt; token-id prompts fall back."""
+        return await self.route(params.model, completion_routing_text(params.text_prompts), request_id)
+
+    async def route_text(self, params: RouteRequest, body: dict[str, Any], request_id: str) -> RouteDecision:
+        """Route the conversation or text of a ``POST /v1/route`` request."""
+        model = params.model or self.routing.routing_alias
+        if params.messages is not None:
+            text = chat_routing_text(body["messages"])
+        elif params.prompt is not None:
+            text = completion_routing_text(params.prompt)
+        else:
+            text = params.text or ""
+        return await self.route(model, text, request_id)
+
+    async def chat_completions(
+        self, params: ChatCompletionRequest, body: dict[str, Any], decision: RouteDecision, request_id: str
+    ) -> BackendResult:
+        """Generate a chat completion with the model ``decision`` chose."""
+        return await self.backend.chat_completions(
+            BackendCall(params, body, decision.model, decision.adapter, request_id)
+        )
+
+    async def completions(
+        self, params: CompletionRequest, body: dict[str, Any], decision: RouteDecision, request_id: str
+    ) -> BackendResult:
+        """Generate a text completion with the model ``decision`` chose."""
+        return await self.backend.completions(
+            BackendCall(params, body, decision.model, decision.adapter, request_id)
+        )
+
+
+def build_gateway(config: GatewayConfig) -> Gateway:
+    """Build the router, the routing policy and the backend that ``config`` describes.
+
+    Blocking: trains or loads the router, and loads the model of an embedded backend.
+
+    Raises
+    ------
+    ConfigError
+        If model names collide, or the backend cannot be set up.
+    """
+    _check_model_names(config)
+
+    logger.info(
+        "building the router (%s)", config.router.artifact or f"exemplars in {config.router.exemplars}"
+    )
+    domain_router = build_domain_router(config.router, config.adapters)
+    domain_router.predict(["warm-up"])  # loads the embedding model's lazy parts before the first request
+    logger.info("router ready: domains %s", ", ".join(domain_router.domains))
+    routing = RoutingService(
+        domain_router,
+        config.adapters,
+        base_model=config.backend.base_model_name,
+        routing_alias=config.server.routing_alias,
+        log_prompts=config.server.log_prompts,
+    )
+
+    backend: Backend
+    if isinstance(config.backend, EmbeddedBackendSettings):
+        logger.info(
+            "loading the embedded backend: %s with adapters %s",
+            config.backend.model,
+            ", ".join(routing.adapter_names),
+        )
+        backend = EmbeddedBackend.from_settings(config.backend, routing.adapter_names)
+    else:
+        logger.info("using the upstream backend at %s", config.backend.url)
+        backend = UpstreamBackend(config.backend)
+    return Gateway(routing, backend, max_body_bytes=config.server.max_body_bytes)
+
+
+def _check_model_names(config: GatewayConfig) -> None:
+    alias, base = config.server.routing_alias, config.backend.base_model_name
+    adapters = {adapter for adapter in config.adapters.values() if adapter is not None}
+    if alias == base or alias in adapters:
+        raise ConfigError(
+            f"server.routing_alias '{alias}' is also a model name: choose an alias that is neither "
+            "backend.base_model_name nor an adapter"
+        )
+    if base in adapters:
+        raise ConfigError(f"backend.base_model_name '{base}' is also an adapter name: rename one of them")

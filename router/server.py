@@ -1,0 +1,32 @@
+"""``adapter-router serve``: build the gateway from its config and serve it over HTTP."""
+
+from __future__ import annotations
+
+import logging
+
+from router.app import create_app
+from router.config import GatewayConfig
+from router.gateway import build_gateway
+from router.serving import serve_app
+
+logger = logging.getLogger(__name__)
+
+
+def run_gateway(config: GatewayConfig, *, host: str | None = None, port: int | None = None) -> None:
+    """Build the gateway ``config`` describes and serve it until SIGINT or SIGTERM.
+
+    ``host`` and ``port`` override ``server.host`` and ``server.port`` of the config.
+
+    Raises
+    ------
+    ConfigError
+        If the gateway cannot be built from ``config`` (the message names the setting).
+    """
+    logger.info("starting the gateway from %s", config.source or "a config object")
+    gateway = build_gateway(config)
+    serve_app(
+        create_app(gateway),
+        host=host or config.server.host,
+        port=config.server.port if port is None else port,
+        name="gateway",
+    )

@@ -1,0 +1,48 @@
+"""Run an ASGI application with uvicorn until SIGINT or SIGTERM stops it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+GRACEFUL_SHUTDOWN_SECONDS = 30
+"""How long open connections (streams in progress) may finish after a stop signal."""
+
+
+def serve_app(app: Any, *, host: str, port: int, name: str) -> None:
+    """Serve ``app`` on ``host``:``port`` until SIGINT or SIGTERM, then return normally.
+
+    uvicorn shuts down gracefully on either signal, and the application's lifespan logs its stop.
+    uvicorn (0.55) then raises the signal again for the previous handler. The handler installed here
+    records it, so a stop by signal ends the process with status 0 instead of a
+    ``KeyboardInterrupt`` or a kill by SIGTERM.
+    """
+    received: list[int] = []
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {stop_signal: signal.signal(stop_signal, remember) for stop_signal in STOP_SIGNALS}
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # log through the handlers the command line configured
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    logger.info("%s listening on http://%s:%d", name, host, port)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, handler)
+    if received:
+        logger.info("%s stopped by %s", name, signal.Signals(received[0]).name)

@@ -1,0 +1,145 @@
+"""A tiny OpenAI-compatible upstream for the tests: it records each request body and misbehaves on cue.
+
+``adapter-router serve-model`` generates real text but cannot show what body it received, and
+it cannot be made to fail on purpose; this server can. It writes every POST body as one JSON
+line to the record file, and a request's ``test_behaviour`` field (a field the gateway does
+not know, so it passes through) selects the response:
+
+- absent: a chat completion, or with ``stream`` two chunks and ``[DONE]``; the first chunk
+  names the model it was sent, the second ``upstream/<model>``
+- ``"status:<code>"``: HTTP ``<code>`` with an OpenAI error body
+- ``"text:<code>"``: HTTP ``<code>`` with a plain text body
+- ``"invalid_json"``: HTTP 200 with a body that is not JSON
+- ``"slow"``: the normal answer after 5 seconds
+- ``"drop_stream"``: one stream chunk, then the connection breaks (the body is shorter than
+  its ``Content-Length``)
+
+Run: ``python recording_upstream.py --port PORT --record FILE``; standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+SLOW_SECONDS = 5
+MODELS = ["demo-base", "math", "code", "medical", "legal", "finance", "sql"]
+
+
+class RecordingHandler(BaseHTTPRequestHandler):
+    """Handler of the OpenAI endpoints the gateway forwards to."""
+
+    protocol_version = "HTTP/1.1"
+    record_file: Path
+
+    def do_GET(self) -> None:
+        if self.path in ("/health", "/v1/models"):
+            data = [{"id": model, "object": "model", "owned_by": "test"} for model in MODELS]
+            self._send_json(
+                200, {"status": "ok"} if self.path == "/health" else {"object": "list", "data": data}
+            )
+        else:
+            self._send_json(404, _error("not found"))
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        record = {"path": self.path, "headers": dict(self.headers.items()), "body": body}
+        with self.record_file.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+
+        behaviour = str(body.get("test_behaviour", ""))
+        if behaviour.startswith("status:"):
+            self._send_json(int(behaviour.split(":")[1]), _error(f"upstream says {behaviour}"))
+        elif behaviour.startswith("text:"):
+            self._send(int(behaviour.split(":")[1]), b"plain text failure", "text/plain")
+        elif behaviour == "invalid_json":
+            self._send(200, b"this is not json", "application/json")
+        else:
+            if behaviour == "slow":
+                time.sleep(SLOW_SECONDS)
+            if body.get("stream"):
+                self._send_stream(body["model"], drop=behaviour == "drop_stream")
+            else:
+                self._send_json(200, _completion(body["model"]))
+
+    def _send_stream(self, model: str, *, drop: bool) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        if drop:
+            # A promised length that never arrives: the client sees a broken connection, not an
+            # orderly end of the stream.
+            self.send_header("content-length", "100000")
+        self.end_headers()
+        # json.dumps' default separators (with spaces) make an event relayed byte for byte
+        # distinguishable from one the gateway re-encoded.
+        first = _chunk(model, {"role": "assistant", "content": "Hello"}, None)
+        self.wfile.write(f"data: {json.dumps(first)}\n\n".encode())
+        self.wfile.flush()
+        if drop:
+            self.close_connection = True
+            return
+        second = _chunk(f"upstream/{model}", {"content": " world"}, "stop")
+        self.wfile.write(f"data: {json.dumps(second)}\n\ndata: [DONE]\n\n".encode())
+        self.close_connection = True
+
+    def _send_json(self, status: int, body: dict[str, Any]) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json")
+
+    def _send(self, status: int, content: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        print(format % args, flush=True)
+
+
+def _completion(model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-recorded",
+        "object": "chat.completion",
+        "created": 0,
+        "model": f"upstream/{model}",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-recorded",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "test"}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True, help="port to listen on, on 127.0.0.1")
+    parser.add_argument("--record", type=Path, required=True, help="JSONL file to append request bodies to")
+    args = parser.parse_args()
+
+    RecordingHandler.record_file = args.record
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), RecordingHandler)
+    server.daemon_threads = True
+    print(f"recording upstream on 127.0.0.1:{args.port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""The upstream backend: what reaches the upstream, and how upstream failures reach the client.
+
+The real model server cannot show the body it received or fail on purpose, so these tests use
+``recording_upstream.py``, a small OpenAI-compatible server in its own process that records
+each request and misbehaves on cue. Generation through the real ``serve-model`` process is
+covered by the ``any_gateway`` tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import BASE_MODEL, start_gateway, write_gateway_config
+from openai import OpenAI
+from server_process import ServerProcess, free_port
+
+from router.backends.base import BackendCall
+from router.backends.upstream import UpstreamBackend
+from router.config import UpstreamBackendSettings
+from router.protocol import ChatCompletionRequest
+
+RECORDER = Path(__file__).with_name("recording_upstream.py")
+READ_TIMEOUT_SECONDS = 2  # below the recorder's "slow" delay
+MATH_PROMPT = "Solve for x: 3x + 5 = 20"
+CHAT = "/v1/chat/completions"
+
+
+class Recorder:
+    """The recording upstream process and the request bodies it received."""
+
+    def __init__(self, folder: Path) -> None:
+        self.record_file = folder / "requests.jsonl"
+        self.record_file.touch()
+        port = free_port()
+        command = [sys.executable, str(RECORDER), "--port", str(port), "--record", str(self.record_file)]
+        self.server = ServerProcess("recording upstream", command, port, folder / "recorder.log")
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def requests(self) -> list[dict]:
+        lines = self.record_file.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+    def last_request(self) -> dict:
+        return self.requests()[-1]
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorder]:
+    recorder = Recorder(tmp_path_factory.mktemp("recorder"))
+    recorder.server.start()
+    yield recorder
+    recorder.server.stop()
+
+
+@pytest.fixture(scope="module")
+def recording_gateway(
+    tmp_path_factory: pytest.TempPathFactory, recorder: Recorder, gateway: ServerProcess, router_cache: Path
+) -> Iterator[ServerProcess]:
+    """A gateway in front of the recorder; starts after ``gateway`` so the router is cached."""
+    folder = tmp_path_factory.mktemp("gateway-recording")
+    backend = {
+        "type": "upstream",
+        "url": f"{recorder.url}/v1",
+        "base_model_name": BASE_MODEL,
+        "read_timeout": READ_TIMEOUT_SECONDS,
+    }
+    server = start_gateway(
+        "gateway (recording upstream)", folder, write_gateway_config(folder, backend, router_cache)
+    )
+    yield server
+    server.stop()
+
+
+def post(server: ServerProcess, body: dict, path: str = CHAT) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=30)
+
+
+def test_unknown_fields_pass_through_untouched(recording_gateway, recorder):
+    body = {
+        "model": "auto",
+        "messages": [
+            {"role": "system", "content": "Be brief.", "x_note": {"keep": [1, 2.5, None, True]}},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": MATH_PROMPT},
+                    {"type": "image_url", "image_url": {"url": "data:,"}},
+                ],
+            },
+        ],
+        "temperature": 0.25,
+        "logit_bias": {"50256": -100},
+        "tools": [{"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}],
+        "response_format": {"type": "json_object"},
+        "guided_choice": ["a", "b"],
+        "vendor_extension": {"nested": {"deep": ["x", 1]}},
+        "adapter_id": "client-sent",
+    }
+
+    response = post(recording_gateway, body)
+    received = recorder.last_request()
+
+    assert response.status_code == 200, response.text
+    assert received["path"] == CHAT
+    assert received["body"] == {**body, "model": "math"}
+    assert received["headers"]["x-request-id"] == response.headers["x-request-id"]
+
+
+def test_fallback_sends_base_model_name(recording_gateway, recorder):
+    response = post(
+        recording_gateway,
+        {"model": "auto", "messages": [{"role": "user", "content": "hi, how are you today?"}]},
+    )
+
+    assert response.status_code == 200
+    assert recorder.last_request()["body"]["model"] == BASE_MODEL
+    assert response.headers["x-router-adapter"] == BASE_MODEL
+
+
+def test_response_model_is_rewritten_to_served_name(recording_gateway):
+    raw = OpenAI(
+        base_url=f"{recording_gateway.url}/v1", api_key="unused", max_retries=0
+    ).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": MATH_PROMPT}]
+    )
+
+    assert raw.parse().model == "math"
+    assert raw.parse().choices[0].message.content == "Hello world"
+    assert raw.headers["x-router-adapter"] == "math"
+
+
+def test_stream_is_relayed_event_by_event(recording_gateway, recorder):
+    body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": MATH_PROMPT}]}
+
+    with httpx.stream("POST", recording_gateway.url + CHAT, json=body, timeout=30) as response:
+        events = [line for line in response.iter_lines() if line]
+
+    assert response.status_code == 200
+    assert response.headers["x-router-adapter"] == "math"
+    assert len(events) == 3
+    first = {
+        "id": "chatcmpl-recorded",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "math",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": None}],
+    }
+    assert events[0] == f"data: {json.dumps(first)}"  # already the served name: relayed byte for byte
+    second = json.loads(events[1].removeprefix("data: "))
+    assert second["model"] == "math"  # the upstream sent "upstream/math"
+    assert second["choices"][0]["delta"] == {"content": " world"}
+    assert events[2] == "data: [DONE]"
+
+
+def test_upstream_4xx_passes_through(recording_gateway):
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": MATH_PROMPT}],
+        "test_behaviour": "status:422",
+    }
+
+    response = post(recording_gateway, body)
+
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": {
+            "message": "upstream says status:422",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "test",
+        }
+    }
+    assert response.headers["x-router-adapter"] == "math"
+
+
+def test_upstream_4xx_text_body_becomes_openai_error(recording_gateway):
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": MATH_PROMPT}],
+        "test_behaviour": "text:429",
+    }
+
+    response = post(recording_gateway, body)
+
+    assert response.status_code == 429
+    assert response.json()["error"]["message"] == "plain text failure"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "code", "words"),
+    [
+        ("status:500", 502, None, "HTTP 500"),
+        ("text:503", 502, None, "HTTP 503"),
+        ("invalid_json", 502, None, "not a JSON object"),
+        ("slow", 504, "upstream_timeout", "did not respond"),
+    ],
+)
+def test_upstream_failure_is_5xx_error(recording_gateway, behaviour, status, code, words):
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": MATH_PROMPT}],
+        "test_behaviour": behaviour,
+    }
+
+    response = post(recording_gateway, body)
+    error = response.json()["error"]
+
+    assert response.status_code == status
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "upstream_error"
+    assert error["code"] == code
+    assert words in error["message"]
+    assert response.headers["x-router-adapter"] == "math"
+
+
+def test_broken_stream_ends_with_error_event(recording_gateway):
+    client = OpenAI(base_url=f"{recording_gateway.url}/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": MATH_PROMPT}],
+        stream=True,
+        extra_body={"test_behaviour": "drop_stream"},
+    )
+
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            received.append(chunk)
+
+    assert [chunk.choices[0].delta.content for chunk in received] == ["Hello"]
+    assert "upstream model server" in caught.value.message
+
+
+@pytest.fixture
+def stopped_recorder(recorder: Recorder) -> Iterator[Recorder]:
+    """The recorder stopped for one test, then started again on the same port."""
+    recorder.server.stop()
+    yield recorder
+    recorder.server.start()
+
+
+def test_upstream_down_is_503(recording_gateway, stopped_recorder):
+    for stream in (False, True):
+        body = {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": MATH_PROMPT}]}
+
+        response = post(recording_gateway, body)
+        error = response.json()["error"]
+
+        assert response.status_code == 503
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["code"] == "upstream_unavailable"
+        assert stopped_recorder.url.removeprefix("http://") in error["message"]
+        assert response.headers["x-router-adapter"] == "math"
+
+
+def test_lorax_convention_sends_adapter_id(recorder):
+    # The backend is driven in-process here (no gateway process) because only the request
+    # body matters; the upstream it sends to is the real recorder process.
+    settings = UpstreamBackendSettings(
+        type="upstream", url=f"{recorder.url}/v1", base_model_name=BASE_MODEL, adapter_field="adapter_id"
+    )
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": MATH_PROMPT}],
+        "adapter_id": "from-client",
+    }
+    params = ChatCompletionRequest.model_validate(body)
+
+    async def send_both() -> list[int]:
+        backend = UpstreamBackend(settings)
+        await backend.start()
+        try:
+            routed = await backend.chat_completions(BackendCall(params, body, "math", "math", "req-adapter"))
+            fallback = await backend.chat_completions(BackendCall(params, body, BASE_MODEL, None, "req-base"))
+        finally:
+            await backend.close()
+        return [routed.status_code, fallback.status_code]
+
+    statuses = asyncio.run(send_both())
+    routed, fallback = recorder.requests()[-2:]
+
+    assert statuses == [200, 200]
+    assert routed["body"]["model"] == BASE_MODEL
+    assert routed["body"]["adapter_id"] == "math"
+    assert fallback["body"]["model"] == BASE_MODEL
+    assert "adapter_id" not in fallback["body"]
+
+
+def test_upstream_gateway_matches_embedded_output(gateway, upstream_gateway):
+    request = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": MATH_PROMPT}],
+        "max_tokens": 10,
+        "temperature": 0,
+    }
+
+    embedded = post(gateway, request).json()
+    forwarded = post(upstream_gateway, request).json()
+
+    assert forwarded["model"] == embedded["model"] == "math"
+    assert forwarded["choices"][0]["message"]["content"] == embedded["choices"][0]["message"]["content"]
+    assert forwarded["usage"] == embedded["usage"]
