@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -13,6 +15,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+# Word pieces kept free in each window: two for the model's [CLS] and [SEP], and a few because
+# decoding a window and tokenising it again can yield slightly more pieces.
+_WINDOW_MARGIN = 8
 
 
 class EmbeddingModelError(ValueError):
@@ -27,6 +33,12 @@ class Embedder(Protocol):
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Embed ``texts``; returns an array of shape (len(texts), dimension), rows of norm 1."""
+        ...
+
+    def encode_chunked(
+        self, texts: Sequence[str], *, show_progress: bool = False
+    ) -> tuple[np.ndarray, list[Chunking]]:
+        """Embed ``texts`` like ``encode`` and report how each long text was split into windows."""
         ...
 
 
@@ -66,6 +78,8 @@ class SentenceEmbedder:
         ``None``/``"default"`` for the packaged all-MiniLM-L6-v2, or a local model folder.
     batch_size : int
         Texts per forward pass.
+    max_chunks : int
+        Most windows embedded per long text; a longer text is sampled evenly from start to end.
 
     Examples
     --------
@@ -74,9 +88,12 @@ class SentenceEmbedder:
     (1, 384)
     """
 
-    def __init__(self, model: str | None = None, *, batch_size: int = 32) -> None:
+    def __init__(self, model: str | None = None, *, batch_size: int = 32, max_chunks: int = 8) -> None:
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
         self.name, self.path = resolve_model_path(model)
         self.batch_size = batch_size
+        self.max_chunks = max_chunks
 
         # Models are read from local folders only; this keeps a missing file from turning into a
         # download attempt from a model hub.
@@ -92,16 +109,83 @@ class SentenceEmbedder:
         self.max_tokens = int(self._model.max_seq_length)
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
-        """Embed ``texts`` into an array of shape (len(texts), dimension) with rows of norm 1."""
+        """Embed ``texts`` into an array of shape (len(texts), dimension) with rows of norm 1.
+
+        A text longer than the model's window is split into windows whose embeddings are
+        averaged (see :meth:`encode_chunked`), so no part of it is silently dropped.
+        """
+        return self.encode_chunked(texts, show_progress=show_progress)[0]
+
+    def encode_chunked(
+        self, texts: Sequence[str], *, show_progress: bool = False
+    ) -> tuple[np.ndarray, list[Chunking]]:
+        """Embed ``texts`` and report how each was split.
+
+        Each text is cut into windows of at most ``max_tokens - 2`` word pieces. The windows'
+        embeddings are averaged and re-normalised. A text with more than ``max_chunks`` windows
+        is represented by ``max_chunks`` windows spread evenly from its start to its end, and its
+        :class:`Chunking` says so.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (len(texts), dimension)
+        chunking : list of Chunking, one per text
+        """
         if len(texts) == 0:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        # NOTE: sentence-transformers truncates each text to max_tokens (256 word pieces for
-        # all-MiniLM-L6-v2), so only the start of a long text decides its embedding.
+            return np.zeros((0, self.dimension), dtype=np.float32), []
+
+        pieces: list[str] = []
+        owners: list[int] = []
+        chunking: list[Chunking] = []
+        for position, text in enumerate(texts):
+            windows, total = self._windows(text)
+            pieces.extend(windows)
+            owners.extend([position] * len(windows))
+            chunking.append(Chunking(chunks=len(windows), total_chunks=total))
+
         vectors = self._model.encode(
-            list(texts),
+            pieces,
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=show_progress,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(pieces) == len(texts):
+            return vectors, chunking
+
+        pooled = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        np.add.at(pooled, np.asarray(owners), vectors)
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+        return pooled, chunking
+
+    def _windows(self, text: str) -> tuple[list[str], int]:
+        # A cheap length check first: a word piece covers at least one character, so a text with
+        # fewer characters than the window fits without tokenising it twice.
+        window = self.max_tokens - _WINDOW_MARGIN
+        if len(text) <= window:
+            return [text], 1
+        tokenizer = self._model.tokenizer
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) <= window:
+            return [text], 1
+
+        starts = list(range(0, len(ids), window))
+        if len(starts) > self.max_chunks:
+            picks = np.linspace(0, len(starts) - 1, self.max_chunks).round().astype(int)
+            starts = [starts[i] for i in sorted(set(picks.tolist()))]
+        windows = tokenizer.batch_decode([ids[start : start + window] for start in starts])
+        return windows, math.ceil(len(ids) / window)
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a text was split for embedding: ``chunks`` windows embedded out of ``total_chunks``."""
+
+    chunks: int
+    total_chunks: int
+
+    @property
+    def truncated(self) -> bool:
+        """Whether some windows of the text were left out of its embedding."""
+        return self.chunks < self.total_chunks

@@ -50,7 +50,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         body = await read_json_object(request)
         params = validate_body(ChatCompletionRequest, body)
-        decision = await gateway.route_chat(params, body, request_id(request))
+        session_id = gateway.session_id(request.headers, body)
+        decision = await gateway.route_chat(params, body, request_id(request), session_id)
         set_response_headers(request, decision.headers())
         result = await gateway.chat_completions(params, body, decision, request_id(request))
         return backend_response(result, decision.headers())
@@ -68,7 +69,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def route(request: Request) -> JSONResponse:
         body = await read_json_object(request)
         params = validate_body(RouteRequest, body)
-        decision = await gateway.route_text(params, body, request_id(request))
+        session_id = gateway.session_id(request.headers, body)
+        decision = await gateway.route_text(params, body, request_id(request), session_id)
         content = RouteResponse.model_validate(decision.to_dict()).model_dump(mode="json")
         return JSONResponse(content, headers=decision.headers())
 

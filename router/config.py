@@ -86,6 +86,40 @@ class UpstreamBackendSettings(_Settings):
     max_connections: Annotated[int, Field(ge=1)] = 256
 
 
+class ConversationSettings(_Settings):
+    """Which parts of a conversation the router reads."""
+
+    context_turns: Annotated[int, Field(ge=0, le=32)] = 3
+    """Earlier human turns that can decide a follow-up the latest turn cannot decide alone; 0 disables."""
+    context_threshold: Annotated[float, Field(ge=0, le=1)] = 0.8
+    """Confidence from which the latest request decides alone; below it, earlier turns are added."""
+    request_weight: Annotated[float, Field(gt=0, le=4)] = 0.5
+    """Weight of an undecided latest request relative to the turn before it when turns are combined."""
+    context_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """Weight of each earlier turn relative to the next later one when turns are combined."""
+    system_prompt: Literal["ignore", "context"] = "ignore"
+    """``ignore``: the system prompt never affects routing (it is usually the same for every request).
+    ``context``: it counts as the oldest context turn."""
+    max_chunks: Annotated[int, Field(ge=1, le=64)] = 8
+    """Most embedding windows per text; longer text is sampled evenly from start to end."""
+
+
+class SessionSettings(_Settings):
+    """Sticky sessions: a conversation keeps its adapter unless a new decision is clearly better."""
+
+    enabled: bool = True
+    header: str = "x-session-id"
+    """Request header that carries the session id."""
+    use_user_field: bool = False
+    """Use the request's ``user`` field as the session id when the header is absent."""
+    switch_margin: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """How much higher the new domain's score must be than the session domain's to switch."""
+    max_sessions: Annotated[int, Field(ge=1)] = 100_000
+    """Sessions kept in memory; the least recently used are dropped first."""
+    ttl_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    """Seconds after its last request that a session is forgotten."""
+
+
 class ServerSettings(_Settings):
     """HTTP server settings."""
 
@@ -106,6 +140,8 @@ class GatewayConfig(_Settings):
     adapters: dict[str, str | None] = Field(default_factory=dict)
     """Domain to adapter name; ``null`` serves the domain with the base model."""
     backend: Annotated[EmbeddedBackendSettings | UpstreamBackendSettings, Field(discriminator="type")]
+    conversation: ConversationSettings = Field(default_factory=ConversationSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     source: str | None = Field(default=None, exclude=True)
     """The file this config was read from (set by :func:`load_config`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -20,7 +21,7 @@ from router.protocol import (
 )
 from router.router_loader import build_domain_router
 from router.routing import RouteDecision, RoutingService
-from router.routing_text import chat_routing_text, completion_routing_text
+from router.routing_text import completion_routing_text
 
 logger = logging.getLogger(__name__)
 
@@ -70,25 +71,50 @@ class Gateway:
         return await anyio.to_thread.run_sync(lambda: self.routing.route(model, text, request_id=request_id))
 
     async def route_chat(
-        self, params: ChatCompletionRequest, body: dict[str, Any], request_id: str
+        self,
+        params: ChatCompletionRequest,
+        body: dict[str, Any],
+        request_id: str,
+        session_id: str | None = None,
     ) -> RouteDecision:
-        """Route a chat completion request by its latest user turn."""
-        return await self.route(params.model, chat_routing_text(body["messages"]), request_id)
+        """Route a chat completion request by its conversation (see ``router.routing_text``)."""
+        return await self.route_messages(params.model, body["messages"], request_id, session_id)
+
+    async def route_messages(
+        self, model: str, messages: list[dict[str, Any]], request_id: str, session_id: str | None
+    ) -> RouteDecision:
+        """Route a conversation; the embedding runs on a worker thread."""
+        self.routing.check_model(model)
+        return await anyio.to_thread.run_sync(
+            lambda: self.routing.route_conversation(
+                model, messages, session_id=session_id, request_id=request_id
+            )
+        )
+
+    def session_id(self, headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+        """Return the request's sticky-session id: the session header, or ``user`` if configured."""
+        settings = self.routing.sessions
+        if not settings.enabled:
+            return None
+        session_id = headers.get(settings.header)
+        if not session_id and settings.use_user_field and isinstance(body.get("user"), str):
+            session_id = body["user"]
+        return session_id or None
 
     async def route_completion(self, params: CompletionRequest, request_id: str) -> RouteDecision:
         """Route a text completion request by its (last) string prompt; token-id prompts fall back."""
         return await self.route(params.model, completion_routing_text(params.text_prompts), request_id)
 
-    async def route_text(self, params: RouteRequest, body: dict[str, Any], request_id: str) -> RouteDecision:
+    async def route_text(
+        self, params: RouteRequest, body: dict[str, Any], request_id: str, session_id: str | None = None
+    ) -> RouteDecision:
         """Route the conversation or text of a ``POST /v1/route`` request."""
         model = params.model or self.routing.routing_alias
         if params.messages is not None:
-            text = chat_routing_text(body["messages"])
-        elif params.prompt is not None:
-            text = completion_routing_text(params.prompt)
-        else:
-            text = params.text or ""
-        return await self.route(model, text, request_id)
+            return await self.route_messages(model, body["messages"], request_id, session_id)
+        if params.prompt is not None:
+            return await self.route(model, completion_routing_text(params.prompt), request_id)
+        return await self.route(model, params.text or "", request_id)
 
     async def chat_completions(
         self, params: ChatCompletionRequest, body: dict[str, Any], decision: RouteDecision, request_id: str
@@ -122,7 +148,9 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     logger.info(
         "building the router (%s)", config.router.artifact or f"exemplars in {config.router.exemplars}"
     )
-    domain_router = build_domain_router(config.router, config.adapters)
+    domain_router = build_domain_router(
+        config.router, config.adapters, max_chunks=config.conversation.max_chunks
+    )
     domain_router.predict(["warm-up"])  # loads the embedding model's lazy parts before the first request
     logger.info("router ready: domains %s", ", ".join(domain_router.domains))
     routing = RoutingService(
@@ -131,6 +159,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         base_model=config.backend.base_model_name,
         routing_alias=config.server.routing_alias,
         log_prompts=config.server.log_prompts,
+        conversation=config.conversation,
+        sessions=config.sessions,
     )
 
     backend: Backend

@@ -385,6 +385,18 @@ class NeighbourInfo(_Response):
     similarity: float
 
 
+class RoutingTextInfo(_Response):
+    """What the router read: ``basis`` is request, request+context, context or none."""
+
+    basis: Literal["request", "request+context", "context", "none"]
+    request_turn: int | None
+    context_turns: list[int]
+    chars: int
+    chunks: int
+    total_chunks: int
+    truncated: bool
+
+
 class RouteResponse(_Response):
     """Response of ``POST /v1/route``: the decision the proxy endpoints would apply.
 
@@ -403,6 +415,8 @@ class RouteResponse(_Response):
     similarity: float | None
     nearest: list[NeighbourInfo]
     routing_ms: float
+    routing_text: RoutingTextInfo | None
+    sticky: bool
 
 
 class HealthResponse(_Response):

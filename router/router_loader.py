@@ -21,14 +21,16 @@ from router.config import RouterSettings
 logger = logging.getLogger(__name__)
 
 
-def build_domain_router(settings: RouterSettings, adapters: dict[str, str | None]) -> DomainRouter:
+def build_domain_router(
+    settings: RouterSettings, adapters: dict[str, str | None], *, max_chunks: int = 8
+) -> DomainRouter:
     """Return the router for ``settings``, with the config's threshold overrides applied.
 
     With ``exemplars``, the router is trained once and cached under ``cache_dir`` by the hash of
     the exemplars, the embedding model and the head, so later starts load it in well under a
     second.
     """
-    embedder = SentenceEmbedder(settings.embedding_model)
+    embedder = SentenceEmbedder(settings.embedding_model, max_chunks=max_chunks)
     if settings.artifact is not None:
         domain_router = load_router(settings.artifact, embedder)
         logger.info("loaded router artifact %s", settings.artifact)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from classifier import DomainRouter, Neighbour, Prediction
-from router.config import ConfigError
+from router.config import ConfigError, ConversationSettings, SessionSettings
+from router.conversation import NO_TEXT_REPORT, TextReport, predict_conversation
 from router.errors import ModelNotFoundError
+from router.routing_text import chat_routing_input
+from router.sessions import InMemorySessionStore, SessionState, SessionStore
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class RouteDecision:
     similarity: float | None = None
     routed: bool = True
     routing_ms: float = 0.0
+    text: TextReport | None = None
+    sticky: bool = False
 
     @property
     def fallback(self) -> bool:
@@ -65,6 +70,8 @@ class RouteDecision:
                 for n in self.nearest
             ],
             "routing_ms": self.routing_ms,
+            "routing_text": None if self.text is None else self.text.to_dict(),
+            "sticky": self.sticky,
         }
 
     def headers(self) -> dict[str, str]:
@@ -91,6 +98,12 @@ class RoutingService:
         The ``model`` value that asks for routing.
     log_prompts : bool
         Include the routing text in decision logs.
+    conversation : ConversationSettings, optional
+        Which turns of a conversation are read.
+    sessions : SessionSettings, optional
+        Sticky-session policy.
+    session_store : SessionStore, optional
+        Where session state lives; an in-memory store sized by ``sessions`` by default.
 
     Raises
     ------
@@ -106,6 +119,9 @@ class RoutingService:
         base_model: str,
         routing_alias: str = "auto",
         log_prompts: bool = False,
+        conversation: ConversationSettings | None = None,
+        sessions: SessionSettings | None = None,
+        session_store: SessionStore | None = None,
     ) -> None:
         missing = [
             d for d in domain_router.domains if d not in adapters and d not in domain_router.fallback_domains
@@ -120,6 +136,11 @@ class RoutingService:
         self.base_model = base_model
         self.routing_alias = routing_alias
         self.log_prompts = log_prompts
+        self.conversation = conversation or ConversationSettings()
+        self.sessions = sessions or SessionSettings()
+        self.session_store: SessionStore = session_store or InMemorySessionStore(
+            self.sessions.max_sessions, self.sessions.ttl_seconds
+        )
 
     @property
     def adapter_names(self) -> list[str]:
@@ -150,15 +171,60 @@ class RoutingService:
         if model != self.routing_alias:
             decision = self._explicit(model)
         elif not text.strip():
-            decision = RouteDecision(
-                model=self.base_model, adapter=None, domain=None, confidence=None, fallback_reason=NO_TEXT
-            )
+            decision = self._no_text()
         else:
             started = time.perf_counter()
-            prediction = self.domain_router.predict([text])[0]
-            decision = self._from_prediction(prediction, (time.perf_counter() - started) * 1000)
+            embeddings, chunking = self.domain_router.embedder.encode_chunked([text])
+            prediction = self.domain_router.predict_embeddings(embeddings)[0]
+            report = TextReport("request", None, (), len(text), chunking[0].chunks, chunking[0].total_chunks)
+            decision = self._from_prediction(prediction, (time.perf_counter() - started) * 1000, report)
 
         self._log(decision, text, request_id)
+        return decision
+
+    def route_conversation(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, object]],
+        *,
+        session_id: str | None = None,
+        request_id: str = "-",
+    ) -> RouteDecision:
+        """Decide which model serves a chat request (the routing-text rules are in ``routing_text``).
+
+        With a ``session_id``, a routed conversation keeps its adapter unless the new decision's
+        domain scores at least ``sessions.switch_margin`` above the session's domain. Blocking:
+        call it off the event loop.
+        """
+        self.check_model(model)
+        if model != self.routing_alias:
+            decision = self._explicit(model)
+            self._log(decision, "", request_id)
+            return decision
+
+        started = time.perf_counter()
+        routing_input = chat_routing_input(
+            messages,
+            context_turns=self.conversation.context_turns,
+            include_system=self.conversation.system_prompt == "context",
+        )
+        prediction, report = predict_conversation(
+            self.domain_router,
+            routing_input,
+            decay=self.conversation.context_decay,
+            request_weight=self.conversation.request_weight,
+            context_threshold=self.conversation.context_threshold,
+            use_context=self.conversation.context_turns > 0,
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if prediction is None:
+            decision = self._no_text()
+        else:
+            decision = self._from_prediction(prediction, elapsed_ms, report)
+
+        if session_id is not None and self.sessions.enabled:
+            decision = self._apply_session(session_id, decision)
+        self._log(decision, routing_input.request, request_id)
         return decision
 
     def route_many(self, texts: Sequence[str]) -> list[RouteDecision]:
@@ -182,7 +248,44 @@ class RoutingService:
             model=model, adapter=model, domain=None, confidence=None, fallback_reason=None, routed=False
         )
 
-    def _from_prediction(self, prediction: Prediction, routing_ms: float) -> RouteDecision:
+    def _no_text(self) -> RouteDecision:
+        return RouteDecision(
+            model=self.base_model,
+            adapter=None,
+            domain=None,
+            confidence=None,
+            fallback_reason=NO_TEXT,
+            text=NO_TEXT_REPORT,
+        )
+
+    def _apply_session(self, session_id: str, decision: RouteDecision) -> RouteDecision:
+        held = self.session_store.get(session_id)
+        if held is not None and held.model != decision.model and not self._should_switch(held, decision):
+            decision = replace(
+                decision,
+                model=held.model,
+                adapter=held.adapter,
+                domain=held.domain,
+                fallback_reason=None if held.adapter else decision.fallback_reason,
+                sticky=True,
+            )
+        self.session_store.put(session_id, SessionState(decision.model, decision.adapter, decision.domain))
+        return decision
+
+    def _should_switch(self, held: SessionState, decision: RouteDecision) -> bool:
+        """Whether a session leaves its model: only for a decided domain, clearly ahead of the held one."""
+        if decision.domain is None or decision.fallback_reason in (
+            NO_TEXT,
+            "low_confidence",
+            "out_of_domain",
+        ):
+            return False
+        held_score = decision.scores.get(held.domain, 0.0) if held.domain else 0.0
+        return decision.scores.get(decision.domain, 0.0) - held_score >= self.sessions.switch_margin
+
+    def _from_prediction(
+        self, prediction: Prediction, routing_ms: float, report: TextReport | None = None
+    ) -> RouteDecision:
         reason: str | None = prediction.fallback_reason
         adapter = None if reason else self.adapters.get(prediction.domain)
         if adapter is None and reason is None:
@@ -197,6 +300,7 @@ class RoutingService:
             nearest=prediction.nearest,
             similarity=prediction.similarity,
             routing_ms=routing_ms,
+            text=report,
         )
 
     def _log(self, decision: RouteDecision, text: str, request_id: str) -> None:

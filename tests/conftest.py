@@ -21,8 +21,9 @@ import pytest
 import yaml
 from server_process import ADAPTER_ROUTER, ServerProcess, free_port
 
-from classifier import SentenceEmbedder
-from router.config import data_path
+from classifier import DomainRouter, SentenceEmbedder
+from router.config import RouterSettings, data_path
+from router.router_loader import build_domain_router
 
 MODEL_ENV = "ADAPTER_ROUTER_TEST_MODEL"
 BASE_MODEL = "demo-base"
@@ -166,3 +167,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for server in ServerProcess.running:
             report.sections.append((f"{server.name} log (end)", server.log(max_chars=6000)))
     return report
+
+
+@pytest.fixture(scope="session")
+def default_router(router_cache: Path, embedder: SentenceEmbedder) -> DomainRouter:
+    """The router trained on the bundled exemplars, in this process.
+
+    It shares ``router_cache`` (and the cache key) with the session's gateways, so the router is
+    trained once per session whichever starts first.
+    """
+    settings = RouterSettings(
+        exemplars=str(router_cache / "skills"),
+        fallback_domains=["general"],
+        confidence_threshold=0.5,
+        out_of_domain_threshold=0.2,
+        cache_dir=str(router_cache),
+    )
+    return build_domain_router(settings, {adapter: adapter for adapter in ADAPTERS})
