@@ -107,7 +107,9 @@ def predict_conversation(
         return alone, report
     weights = np.concatenate([[request_weight], _weights(len(texts) - 1, decay)])
     combined = domain_router.predict_embeddings(_weighted_sum(embeddings, weights))[0]
-    if combined.fallback:
+    # A request that routes to a domain on its own keeps that domain: context may only confirm
+    # it, so a change of subject is not pulled back to the earlier topic.
+    if combined.fallback or (not alone.fallback and combined.domain != alone.domain):
         return alone, report
     return combined, _report("request+context", routing_input, texts, chunking)
 
