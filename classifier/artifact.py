@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,14 @@ class ArtifactError(ValueError):
     """A router artifact is missing, malformed, or does not match the embedding model."""
 
 
-def save_router(router: DomainRouter, path: str | Path) -> Path:
+def save_router(
+    router: DomainRouter, path: str | Path, *, calibration: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``router`` to the folder ``path`` and return it.
 
     The files are written to a temporary folder next to ``path`` and moved into place, so a
-    reader never sees a half-written artifact.
+    reader never sees a half-written artifact. ``calibration`` (the target and validation
+    figures behind the thresholds) is stored as ``calibration`` in ``router.json``.
     """
     import faiss
 
@@ -57,6 +61,8 @@ def save_router(router: DomainRouter, path: str | Path) -> Path:
             record = {"text": exemplar.text, "label": exemplar.label, "domain": exemplar.domain}
             stream.write(json.dumps(record, ensure_ascii=False) + "\n")
     manifest = _manifest(router, sorted(arrays))
+    if calibration is not None:
+        manifest["calibration"] = dict(calibration)
     (staging / "router.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
     if path.exists():

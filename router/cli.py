@@ -122,6 +122,10 @@ def _build_parser() -> argparse.ArgumentParser:
     source.add_argument("--artifact", help="router artifact folder; its stored adapter map is used")
     route.add_argument("--json", action="store_true", help="print the decision as JSON")
     route.set_defaults(handler=_route)
+
+    from evals.cli import add_eval_commands
+
+    add_eval_commands(commands)
     return parser
 
 

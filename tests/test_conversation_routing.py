@@ -117,7 +117,7 @@ def test_system_prompt_ignored_by_default(default_router):
 
 def test_long_prompt_is_chunked_not_cut(service):
     clauses = [
-        "The lessee shall indemnify the lessor against every claim arising from the lessee's breach of this lease.",
+        "The lessee shall indemnify the lessor against every claim arising from the lessee's breach.",
         "Either party may terminate this agreement upon thirty days' written notice for material breach.",
         "This contract is governed by the laws of the state where the premises are located.",
         "Any dispute shall be resolved by binding arbitration before a single arbitrator.",
