@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -16,7 +17,7 @@ from classifier import Thresholds, save_router
 from evals.calibration import Calibration, calibrate, parse_target
 from evals.dataset import EvalRecord, file_sha256, load_records, select_split
 from evals.errors import EvalError
-from evals.evaluation import Evaluation, evaluate
+from evals.evaluation import Evaluation, evaluate, group_accuracy
 from evals.label_map import BASE_MODEL, LabelMap, expected_targets, load_label_map
 from evals.local_router import LocalRouter
 from evals.outcome import EvaluatedRouter
@@ -107,6 +108,11 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    output.add_argument(
+        "--group-by",
+        metavar="FIELD",
+        help="also report accuracy per value of this record field, e.g. --group-by case",
+    )
     output.add_argument("--report", metavar="DIR", help="write index.html, PNG plots and results.json to DIR")
     output.add_argument(
         "--misclassified",
@@ -283,7 +289,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     for spec in specs:
         router = builder.build(spec)
         try:
-            evaluation, targets = _evaluate_router(router, selected, label_map, path, args.misclassified)
+            evaluation, targets = _evaluate_router(
+                router, selected, label_map, path, args.misclassified, args.group_by
+            )
         finally:
             close = getattr(router, "close", None)
             if close is not None:
@@ -314,6 +322,7 @@ def _evaluate_router(
     label_map: LabelMap,
     path: Path,
     misclassified: int,
+    group_by: str | None = None,
 ) -> tuple[Evaluation, list[str]]:
     # Checking the labels first fails fast, before minutes of embedding.
     expected_targets(records, label_map, router.domains(), path)
@@ -330,6 +339,9 @@ def _evaluate_router(
         latency=router.latency(records),
         misclassified=misclassified,
     )
+    if group_by:
+        groups = group_accuracy(records, targets, outcomes, group_by)
+        evaluation = dataclasses.replace(evaluation, groups=groups)
     return evaluation, targets
 
 

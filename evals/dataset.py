@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ from router.routing_text import chat_routing_text
 class EvalRecord:
     """One labelled prompt.
 
-    ``text`` is the routing text: the record's ``text``, or for a chat record the latest user
-    turn of ``messages``, chosen as the gateway chooses it. ``messages`` is kept so that a
-    gateway evaluation sends the conversation itself.
+    ``text`` is the routing text: the record's ``text``, or for a chat record its latest human
+    request, chosen as the gateway chooses it ("" when the latest user turn has no text).
+    ``messages`` is kept so that conversations are routed with the gateway's conversation
+    rules, in process or through a gateway.
     """
 
     text: str
@@ -27,6 +28,8 @@ class EvalRecord:
     split: str | None
     line: int
     messages: tuple[Mapping[str, Any], ...] | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+    """The record's other string fields (``case``, ``source``...), for ``--group-by``."""
 
 
 def load_records(path: str | Path) -> list[EvalRecord]:
@@ -107,15 +110,18 @@ def _parse_record(line: str, path: Path, line_number: int) -> EvalRecord:
     text = record.get("text")
     if text is None and "messages" in record:
         messages = _parse_messages(record["messages"], where)
-        # NOTE: routers evaluated in process route a chat on its latest user turn. Through --url the
-        # gateway applies its own conversation policy, which may also weigh earlier turns.
         text = chat_routing_text(messages)
-        if not text.strip():
-            raise EvalError(f"{where}: 'messages' has no user turn with text: add one or give 'text'")
-    if not isinstance(text, str) or not text.strip():
+        if not any(message.get("role") == "user" for message in messages):
+            raise EvalError(f"{where}: 'messages' has no user turn: add one or give 'text'")
+    elif not isinstance(text, str) or not text.strip():
         raise EvalError(f"{where}: missing or empty 'text': give every record 'text' or chat 'messages'")
 
-    return EvalRecord(text=text, label=label, split=split, line=line_number, messages=messages)
+    fields = {
+        key: value
+        for key, value in record.items()
+        if isinstance(value, str) and key not in ("text", "label", "split")
+    }
+    return EvalRecord(text=text, label=label, split=split, line=line_number, messages=messages, fields=fields)
 
 
 def _parse_messages(value: object, where: str) -> tuple[Mapping[str, Any], ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,8 @@ class Evaluation:
     misclassified: list[dict[str, Any]]
     routing_confidence: np.ndarray
     expected_fallback: np.ndarray
+    groups: Mapping[str, Mapping[str, float | int]] = field(default_factory=dict)
+    """Accuracy per value of the ``--group-by`` field, when one was given."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the evaluation as JSON-ready data (the risk-coverage curve thinned to 200 points)."""
@@ -77,6 +79,7 @@ class Evaluation:
             "reliability": [asdict(b) for b in self.reliability],
             "latency": dict(self.latency),
             "misclassified": self.misclassified,
+            "groups": {name: dict(figures) for name, figures in self.groups.items()},
         }
 
 
@@ -162,6 +165,25 @@ def evaluate(
         routing_confidence=routing_confidence,
         expected_fallback=expected_fallback,
     )
+
+
+def group_accuracy(
+    records: Sequence[EvalRecord], targets: Sequence[str], outcomes: Sequence[RoutingOutcome], field_name: str
+) -> dict[str, dict[str, float | int]]:
+    """Return records, correct and accuracy for each value of the records' ``field_name``.
+
+    Records without the field count under ``(none)``. A record is correct when it went where its
+    label says: its domain's adapter, or the base model for an expected fallback.
+    """
+    groups: dict[str, list[int]] = {}
+    for record, target, outcome in zip(records, targets, outcomes, strict=True):
+        counts = groups.setdefault(record.fields.get(field_name, "(none)"), [0, 0])
+        counts[0] += 1
+        counts[1] += int(outcome.predicted == target)
+    return {
+        name: {"records": total, "correct": correct, "accuracy": correct / total}
+        for name, (total, correct) in sorted(groups.items())
+    }
 
 
 def routing_confidence_of(outcome: RoutingOutcome) -> float:

@@ -11,10 +11,14 @@ from typing import Any
 import numpy as np
 
 from classifier import DomainRouter, Embedder, FallbackReason, Prediction
+from classifier.embedding import Chunking
 from evals.dataset import EvalRecord
 from evals.label_map import BASE_MODEL, RouterDomains
 from evals.metrics import latency_percentiles
 from evals.outcome import RoutingOutcome
+from router.config import ConversationSettings
+from router.conversation import predict_conversation
+from router.routing_text import chat_routing_input
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,12 @@ class CachingEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack([self._vectors[text] for text in texts])
 
+    def encode_chunked(
+        self, texts: Sequence[str], *, show_progress: bool = False
+    ) -> tuple[np.ndarray, list[Chunking]]:
+        """Embed ``texts`` with the uncached model and report how each was split into windows."""
+        return self.embedder.encode_chunked(texts, show_progress=show_progress)
+
 
 class LocalRouter:
     """A domain router evaluated in process, with the adapter map that decides what routes.
@@ -67,6 +77,9 @@ class LocalRouter:
         Prompts per call for the batched latency.
     show_progress : bool
         Show a progress bar while embedding the evaluation records.
+    conversation : ConversationSettings, optional
+        How chat records are read, as in the gateway config: ``context_turns=0`` routes each
+        conversation on its latest human request alone.
     """
 
     def __init__(
@@ -80,8 +93,10 @@ class LocalRouter:
         latency_samples: int = 200,
         batch_size: int = 32,
         show_progress: bool = False,
+        conversation: ConversationSettings | None = None,
     ) -> None:
         self.name = name
+        self.conversation = conversation or ConversationSettings()
         self.router = router
         self.embedder = embedder
         self.adapters = dict(adapters or {})
@@ -97,6 +112,7 @@ class LocalRouter:
         """Return the source, head, embedding model, training data, confidence mode and thresholds."""
         thresholds = self.router.thresholds
         return {
+            "context_turns": self.conversation.context_turns,
             "source": self.source,
             "head": self.router.head.kind,
             "head_params": self.router.head.get_params(),
@@ -121,11 +137,47 @@ class LocalRouter:
         )
 
     def route(self, records: Sequence[EvalRecord]) -> list[RoutingOutcome]:
-        """Embed the records in batches and return one outcome per record."""
-        texts = [record.text for record in records]
-        embeddings = self.router.embedder.encode(texts, show_progress=self.show_progress)
-        predictions = self.router.predict_embeddings(embeddings, nearest=3)
-        return [self._outcome(prediction) for prediction in predictions]
+        """Return one outcome per record: text records embedded in batches, chats one by one.
+
+        Chat records follow the gateway's conversation rules (``router.routing_text`` and
+        ``router.conversation``) with this router's ``conversation`` settings.
+        """
+        outcomes: list[RoutingOutcome | None] = [None] * len(records)
+        plain = [i for i, record in enumerate(records) if record.messages is None]
+        embeddings = self.router.embedder.encode(
+            [records[i].text for i in plain], show_progress=self.show_progress
+        )
+        for i, prediction in zip(plain, self.router.predict_embeddings(embeddings, nearest=3), strict=True):
+            outcomes[i] = self._outcome(prediction)
+
+        for i, record in enumerate(records):
+            if record.messages is not None:
+                outcomes[i] = self._conversation_outcome(record.messages)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _conversation_outcome(self, messages: Sequence[Mapping[str, Any]]) -> RoutingOutcome:
+        settings = self.conversation
+        routing_input = chat_routing_input(
+            messages, context_turns=settings.context_turns, include_system=settings.system_prompt == "context"
+        )
+        prediction, _ = predict_conversation(
+            self.router,
+            routing_input,
+            decay=settings.context_decay,
+            request_weight=settings.request_weight,
+            context_threshold=settings.context_threshold,
+            use_context=settings.context_turns > 0,
+        )
+        if prediction is None:
+            return RoutingOutcome(
+                predicted=BASE_MODEL,
+                top_domain=None,
+                top_target=BASE_MODEL,
+                confidence=None,
+                eligible=False,
+                fallback_reason="no_text",
+            )
+        return self._outcome(prediction)
 
     def latency(self, records: Sequence[EvalRecord]) -> dict[str, Any]:
         """Measure embedding plus classification time with the uncached embedding model.

@@ -3,7 +3,8 @@
 A router comes from an artifact folder, a gateway config, a running gateway's URL, or is
 trained on one split of the data file. ``--compare`` specifications override parts of the
 main one: ``head=knn``, ``confidence_mode=score_x_similarity``, ``confidence_threshold=0.4``,
-``out_of_domain_threshold=0.2``, ``embedding_model=PATH``, ``name=NAME``, or another source
+``out_of_domain_threshold=0.2``, ``context_turns=0`` (chat records on their latest request
+alone), ``embedding_model=PATH``, ``name=NAME``, or another source
 (``router=DIR``, ``config=FILE``, ``url=URL``). A specification without ``=`` is an artifact
 folder.
 """
@@ -34,12 +35,13 @@ from evals.gateway_router import GatewayRouter
 from evals.label_map import LabelMap
 from evals.local_router import CachingEmbedder, LocalRouter
 from evals.outcome import EvaluatedRouter
+from router.config import ConversationSettings
 
 logger = logging.getLogger(__name__)
 
 SOURCE_KEYS = ("router", "config", "url")
 TRAINING_KEYS = ("head", "embedding_model")
-OVERRIDE_KEYS = ("confidence_mode", "confidence_threshold", "out_of_domain_threshold")
+OVERRIDE_KEYS = ("confidence_mode", "confidence_threshold", "out_of_domain_threshold", "context_turns")
 SPEC_KEYS = ("name", *SOURCE_KEYS, *TRAINING_KEYS, *OVERRIDE_KEYS)
 
 
@@ -62,6 +64,7 @@ class RouterSpec:
     confidence_mode: str | None = None
     confidence_threshold: float | None = None
     out_of_domain_threshold: float | None = None
+    context_turns: int | None = None
 
     def display_name(self) -> str:
         """Return the row name: ``name``, or a short form of the source and overrides."""
@@ -190,11 +193,12 @@ class RouterBuilder:
 
         source: dict[str, Any]
         adapters: dict[str, str | None]
+        conversation = ConversationSettings()
         if spec.router:
             router = self._load_artifact(spec.router)
             adapters, source = dict(router.adapters), {"artifact": spec.router}
         elif spec.config:
-            router, adapters = self._from_config(spec.config)
+            router, adapters, conversation = self._from_config(spec.config)
             source = {"config": spec.config}
         else:
             assert spec.train_split is not None
@@ -202,6 +206,8 @@ class RouterBuilder:
             adapters, source = {}, {"data": str(self.data_path), "train_split": spec.train_split}
 
         router = with_overrides(router, spec)
+        if spec.context_turns is not None:
+            conversation = conversation.model_copy(update={"context_turns": spec.context_turns})
         return LocalRouter(
             spec.display_name(),
             router,
@@ -211,6 +217,7 @@ class RouterBuilder:
             latency_samples=self.latency_samples,
             batch_size=self.batch_size,
             show_progress=self.show_progress,
+            conversation=conversation,
         )
 
     def train(self, spec: RouterSpec) -> DomainRouter:
@@ -248,7 +255,9 @@ class RouterBuilder:
         manifest = read_manifest(path)
         return load_router(path, self._embedder(str(manifest["embedding_model"]["name"])))
 
-    def _from_config(self, config_path: str) -> tuple[DomainRouter, dict[str, str | None]]:
+    def _from_config(
+        self, config_path: str
+    ) -> tuple[DomainRouter, dict[str, str | None], ConversationSettings]:
         from router.config import load_config
         from router.router_loader import build_domain_router
 
@@ -257,7 +266,7 @@ class RouterBuilder:
         # Share one cached embedding model instance with the other routers of this run.
         shared = router.with_thresholds(router.thresholds)
         shared.embedder = self._embedder(router.embedding_model)
-        return shared, dict(config.adapters)
+        return shared, dict(config.adapters), config.conversation
 
     def _embedder(self, model: str) -> CachingEmbedder:
         name, _ = resolve_model_path(model)
@@ -291,7 +300,11 @@ def with_overrides(router: DomainRouter, spec: RouterSpec) -> DomainRouter:
     return updated
 
 
-def _spec_value(key: str, value: str, text: str) -> str | float:
+def _spec_value(key: str, value: str, text: str) -> str | float | int:
+    if key == "context_turns":
+        if not value.isdigit() or int(value) > 32:
+            raise EvalError(f"invalid --compare {text!r}: context_turns must be a whole number from 0 to 32")
+        return int(value)
     if key not in ("confidence_threshold", "out_of_domain_threshold"):
         return value
     try:

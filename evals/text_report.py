@@ -54,9 +54,20 @@ def render_evaluation(evaluation: Evaluation, data: Mapping[str, Any]) -> str:
         _per_domain_table(evaluation),
         _confusion_table(evaluation),
         _latency_table(evaluation.latency),
+        _groups_table(evaluation),
         _misclassified_table(evaluation),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _groups_table(evaluation: Evaluation) -> str:
+    if not evaluation.groups:
+        return ""
+    rows = [
+        [name, str(figures["records"]), str(figures["correct"]), _number(figures["accuracy"])]
+        for name, figures in evaluation.groups.items()
+    ]
+    return "per group\n" + _table(["group", "records", "correct", "accuracy"], rows)
 
 
 def render_comparison(evaluations: Sequence[Evaluation]) -> str:

@@ -309,7 +309,7 @@ def test_eval_missing_file_error(tmp_path, capsys):
         ),
         (
             ['{"messages": [{"role": "system", "content": "Be brief."}], "label": "math"}'],
-            "{file}:1: 'messages' has no user turn with text: add one or give 'text'",
+            "{file}:1: 'messages' has no user turn: add one or give 'text'",
         ),
     ],
 )
@@ -416,3 +416,53 @@ def test_eval_through_gateway_matches_local_router(gateway: ServerProcess):
     assert through_gateway["latency"]["batch_1"]["calls"] == 18
     assert through_gateway["latency"]["gateway_routing"]["calls"] == 18
     assert through_gateway["latency"]["batched"] is None
+
+
+def test_eval_conversations_per_case_with_and_without_context(tmp_path, capsys):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    conversations = [
+        {
+            "messages": [
+                {"role": "user", "content": "Solve for x: 6x - 4 = 20"},
+                {"role": "assistant", "content": "x = 4"},
+                {"role": "user", "content": [image]},
+            ],
+            "label": "algebra",
+            "split": "test",
+            "case": "image_only",
+        },
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Factor x^2 + 5x + 6"}]}],
+            "label": "algebra",
+            "split": "test",
+            "case": "content_parts",
+        },
+    ]
+    data = tmp_path / "conversations.jsonl"
+    lines = [line for line in DATA.read_text().splitlines() if '"split": "train"' in line]
+    lines += [json.dumps(conversation) for conversation in conversations]
+    data.write_text("\n".join(lines) + "\n")
+
+    result = run_main(
+        capsys,
+        "eval",
+        str(data),
+        "--split",
+        "test",
+        *TRAIN_ON_FIXTURE,
+        "--latency-samples",
+        "0",
+        "--group-by",
+        "case",
+        "--compare",
+        "context_turns=0",
+        "--json",
+    )
+
+    assert result.returncode == 0, result.stderr
+    with_context, without_context = json.loads(result.stdout)["routers"]
+    assert with_context["router"]["context_turns"] == 3
+    assert without_context["router"]["context_turns"] == 0
+    assert with_context["groups"]["image_only"] == {"records": 1, "correct": 1, "accuracy": 1.0}
+    assert without_context["groups"]["image_only"] == {"records": 1, "correct": 0, "accuracy": 0.0}
+    assert with_context["groups"]["content_parts"]["correct"] == 1
