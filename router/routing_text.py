@@ -1,4 +1,4 @@
-"""What text the classifier sees for a request.
+"""What text the classifier reads from a request.
 
 Rules, in order:
 
@@ -31,7 +31,7 @@ class RoutingInput:
     """The texts a conversation offers the router.
 
     ``request`` is the latest human request ("" when the latest user turn has no text);
-    ``context`` holds earlier human turns, most recent first. ``request_turn`` and
+    ``context`` contains earlier human turns, most recent first. ``request_turn`` and
     ``context_turns`` are indexes into the request's ``messages``.
     """
 
