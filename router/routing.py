@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from classifier import DomainRouter, Neighbour, Prediction
+from classifier import DomainRouter, FallbackReason, Neighbour, Prediction
 from router.config import ConfigError, ConversationSettings, SessionSettings
 from router.conversation import NO_TEXT_REPORT, TextReport, predict_conversation
 from router.errors import ModelNotFoundError
@@ -24,7 +24,9 @@ NO_TEXT = "no_text"
 """Fallback reason: the request has no text to classify."""
 EXPLICIT_MODEL = "explicit_model"
 """Fallback reason: the request named the base model."""
-FALLBACK_DOMAIN = "fallback_domain"
+
+_UNDECIDED_REASONS = frozenset({NO_TEXT, FallbackReason.LOW_CONFIDENCE, FallbackReason.OUT_OF_DOMAIN})
+"""Fallback reasons that never move a sticky session off its model."""
 
 
 @dataclass(frozen=True)
@@ -274,11 +276,7 @@ class RoutingService:
 
     def _should_switch(self, held: SessionState, decision: RouteDecision) -> bool:
         """Whether a session leaves its model: only for a decided domain, clearly ahead of the held one."""
-        if decision.domain is None or decision.fallback_reason in (
-            NO_TEXT,
-            "low_confidence",
-            "out_of_domain",
-        ):
+        if decision.domain is None or decision.fallback_reason in _UNDECIDED_REASONS:
             return False
         held_score = decision.scores.get(held.domain, 0.0) if held.domain else 0.0
         return decision.scores.get(decision.domain, 0.0) - held_score >= self.sessions.switch_margin
@@ -289,7 +287,7 @@ class RoutingService:
         reason: str | None = prediction.fallback_reason
         adapter = None if reason else self.adapters.get(prediction.domain)
         if adapter is None and reason is None:
-            reason = FALLBACK_DOMAIN
+            reason = FallbackReason.FALLBACK_DOMAIN
         return RouteDecision(
             model=adapter or self.base_model,
             adapter=adapter,
