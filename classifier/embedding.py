@@ -112,7 +112,7 @@ class SentenceEmbedder:
         """Embed ``texts`` into an array of shape (len(texts), dimension) with rows of norm 1.
 
         A text longer than the model's window is split into windows whose embeddings are
-        averaged (see :meth:`encode_chunked`), so no part of it is silently dropped.
+        averaged; :meth:`encode_chunked` also reports windows left out of a very long text.
         """
         return self.encode_chunked(texts, show_progress=show_progress)[0]
 
@@ -124,7 +124,7 @@ class SentenceEmbedder:
         Each text is cut into windows of at most ``max_tokens - 2`` word pieces. The windows'
         embeddings are averaged and re-normalised. A text with more than ``max_chunks`` windows
         is represented by ``max_chunks`` windows spread evenly from its start to its end, and its
-        :class:`Chunking` says so.
+        :class:`Chunking` reports it.
 
         Returns
         -------
@@ -180,7 +180,7 @@ class SentenceEmbedder:
 
 @dataclass(frozen=True)
 class Chunking:
-    """How a text was split for embedding: ``chunks`` windows embedded out of ``total_chunks``."""
+    """The split of a text for embedding: ``chunks`` windows embedded out of ``total_chunks``."""
 
     chunks: int
     total_chunks: int

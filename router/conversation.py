@@ -70,7 +70,7 @@ def predict_conversation(
     context_threshold: float = 0.8,
     use_context: bool = True,
 ) -> tuple[Prediction | None, TextReport]:
-    """Predict the domain of a conversation; ``None`` when it holds no text to classify.
+    """Predict the domain of a conversation; ``None`` when it has no text to classify.
 
     Parameters
     ----------
