@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # pull a multi-GB CUDA build. Elsewhere, for example:
 #   make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
+# Extra options for `make serve`, for example: make serve ARGS="--port 8010 --config my.yaml"
+ARGS ?=
 
 .PHONY: install serve test lint
 
@@ -19,7 +21,7 @@ $(BIN)/adapter-router: pyproject.toml
 install: $(BIN)/adapter-router
 
 serve: install
-	$(BIN)/adapter-router serve
+	$(BIN)/adapter-router serve $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest

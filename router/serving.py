@@ -38,7 +38,7 @@ def serve_app(app: Any, *, host: str, port: int, name: str) -> None:
         log_config=None,  # log through the handlers the command line configured
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    logger.info("%s listening on http://%s:%d", name, host, port)
+    logger.info("%s starting on http://%s:%d", name, host, port)
     try:
         uvicorn.Server(config).run()
     finally:
