@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 DEFAULT_CONFIG = "data:default.yaml"
 
@@ -84,6 +84,9 @@ class UpstreamBackendSettings(_Settings):
     read_timeout: Annotated[float, Field(gt=0)] = 300.0
     """Seconds to wait for the next bytes of a response (per chunk when streaming)."""
     max_connections: Annotated[int, Field(ge=1)] = 256
+    adapter_unavailable: Literal["fallback", "error"] = "fallback"
+    """Action on an upstream HTTP 404 for an adapter, which vLLM returns for a model it does not serve.
+    ``fallback`` serves the request on the base model, and ``error`` returns the 404."""
 
 
 class ConversationSettings(_Settings):
@@ -131,6 +134,18 @@ class ServerSettings(_Settings):
     """Largest accepted request body; larger bodies get HTTP 413."""
     log_prompts: bool = False
     """Log routing text with each decision. Off by default: prompts may hold personal data."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Bearer API keys that clients must send; empty (and ``ADAPTER_ROUTER_API_KEYS`` unset) means open."""
+    max_messages: Annotated[int, Field(ge=1)] = 1000
+    """Maximum number of messages in one chat request; more get HTTP 400."""
+    max_text_chars: Annotated[int, Field(ge=1)] = 500_000
+    """Maximum characters of text (message contents, prompts) in one request; more get HTTP 400."""
+    max_concurrent_requests: Annotated[int, Field(ge=1)] = 256
+    """Maximum ``/v1/*`` requests served at once; one more gets HTTP 503 with ``Retry-After``."""
+    retry_after_seconds: Annotated[int, Field(ge=1)] = 1
+    """The ``Retry-After`` value, in seconds, sent with the 503 of the concurrency limit."""
+    request_timeout: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds one ``/v1/*`` request may take in total, streaming included; then HTTP 504."""
 
 
 class GatewayConfig(_Settings):

@@ -99,3 +99,43 @@ class GenerationError(GatewayError):
     status_code = 500
     error_type = "server_error"
     code = "generation_failed"
+
+
+class AuthenticationError(GatewayError):
+    """The request has no API key or a wrong one (HTTP 401)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ServerOverloadedError(GatewayError):
+    """The gateway is already serving its maximum number of concurrent requests (HTTP 503)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "server_overloaded"
+
+
+class RequestTimeoutError(GatewayError):
+    """The request took longer than the gateway's total time limit (HTTP 504)."""
+
+    status_code = 504
+    error_type = "server_error"
+    code = "request_timeout"
+
+
+class AdapterUnavailableError(GatewayError):
+    """The upstream does not serve the adapter a request was routed to (HTTP 404).
+
+    The gateway catches it and serves the request on the base model when
+    ``backend.adapter_unavailable`` is ``fallback``.
+    """
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "adapter_unavailable"
+
+    def __init__(self, adapter: str, message: str) -> None:
+        super().__init__(message)
+        self.adapter = adapter

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
 from router.backends.base import Backend, BackendCall, BackendResult
 from router.backends.embedded import EmbeddedBackend
 from router.backends.upstream import UpstreamBackend
-from router.config import ConfigError, EmbeddedBackendSettings, GatewayConfig
+from router.config import ConfigError, EmbeddedBackendSettings, GatewayConfig, ServerSettings
+from router.config_checks import check_config_files
+from router.errors import AdapterUnavailableError
+from router.log_throttle import LogThrottle
 from router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -25,6 +29,11 @@ from router.routing_text import completion_routing_text
 
 logger = logging.getLogger(__name__)
 
+RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+
+ADAPTER_UNAVAILABLE_LOG_SECONDS = 60.0
+"""Minimum time between two log lines about the same unavailable adapter, in seconds."""
+
 
 class Gateway:
     """Routing plus a backend: what each endpoint of the gateway does, without HTTP.
@@ -33,20 +42,31 @@ class Gateway:
     ----------
     routing : RoutingService
     backend : Backend
-    max_body_bytes : int
-        Largest accepted request body, in bytes.
+    server : ServerSettings, optional
+        The HTTP limits and API keys; the defaults of :class:`ServerSettings` when omitted.
     """
 
-    def __init__(self, routing: RoutingService, backend: Backend, *, max_body_bytes: int = 1_048_576) -> None:
+    def __init__(
+        self, routing: RoutingService, backend: Backend, *, server: ServerSettings | None = None
+    ) -> None:
         self.routing = routing
         self.backend = backend
-        self.max_body_bytes = max_body_bytes
+        self.server = server or ServerSettings()
+        self.max_body_bytes = self.server.max_body_bytes
+        self._unavailable_log = LogThrottle(ADAPTER_UNAVAILABLE_LOG_SECONDS)
 
     async def start(self) -> None:
         """Start the backend; an upstream's model list is checked against the adapters."""
         await self.backend.start()
         if isinstance(self.backend, UpstreamBackend) and self.backend.settings.adapter_field == "model":
             await self.backend.check_models(self.routing.model_names[1:])
+
+    async def readiness(self) -> list[str]:
+        """Return why the gateway cannot serve now (backend unreachable, adapters missing).
+
+        An empty list means the gateway is ready.
+        """
+        return await self.backend.readiness(self.routing.model_names[1:])
 
     async def close(self) -> None:
         """Stop the backend."""
@@ -118,18 +138,55 @@ class Gateway:
 
     async def chat_completions(
         self, params: ChatCompletionRequest, body: dict[str, Any], decision: RouteDecision, request_id: str
-    ) -> BackendResult:
-        """Generate a chat completion with the model ``decision`` chose."""
-        return await self.backend.chat_completions(
-            BackendCall(params, body, decision.model, decision.adapter, request_id)
-        )
+    ) -> tuple[BackendResult, RouteDecision]:
+        """Generate a chat completion with the model ``decision`` chose.
+
+        Returns the result and the decision that served it, which differs from ``decision`` when
+        the adapter was unavailable and the base model served the request instead.
+        """
+        return await self._generate(self.backend.chat_completions, params, body, decision, request_id)
 
     async def completions(
         self, params: CompletionRequest, body: dict[str, Any], decision: RouteDecision, request_id: str
-    ) -> BackendResult:
-        """Generate a text completion with the model ``decision`` chose."""
-        return await self.backend.completions(
-            BackendCall(params, body, decision.model, decision.adapter, request_id)
+    ) -> tuple[BackendResult, RouteDecision]:
+        """Generate a text completion with the model ``decision`` chose.
+
+        Returns the result and the decision that served it, as :meth:`chat_completions` does.
+        """
+        return await self._generate(self.backend.completions, params, body, decision, request_id)
+
+    async def _generate(
+        self,
+        method: Callable[[BackendCall[RequestT]], Awaitable[BackendResult]],
+        params: RequestT,
+        body: dict[str, Any],
+        decision: RouteDecision,
+        request_id: str,
+    ) -> tuple[BackendResult, RouteDecision]:
+        try:
+            return await method(
+                BackendCall(params, body, decision.model, decision.adapter, request_id)
+            ), decision
+        except AdapterUnavailableError as error:
+            fallback = dataclasses.replace(
+                decision, model=self.routing.base_model, adapter=None, fallback_reason="adapter_unavailable"
+            )
+            self._log_adapter_unavailable(error.adapter, request_id)
+            result = await method(BackendCall(params, body, fallback.model, None, request_id))
+            return result, fallback
+
+    def _log_adapter_unavailable(self, adapter: str, request_id: str) -> None:
+        skipped = self._unavailable_log.skipped_if_due(adapter)
+        if skipped is None:
+            return
+        logger.warning(
+            "request %s: the upstream does not serve adapter %s, so the base model %s serves it "
+            "(fallback adapter_unavailable; %d more such requests since the last line about %s)",
+            request_id,
+            adapter,
+            self.routing.base_model,
+            skipped,
+            adapter,
         )
 
 
@@ -141,9 +198,11 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     Raises
     ------
     ConfigError
-        If model names collide, or the backend cannot be set up.
+        If model names collide, a domain has no adapter, an adapter file is missing, or the
+        backend cannot be set up.
     """
     _check_model_names(config)
+    check_config_files(config)
 
     logger.info(
         "building the router (%s)", config.router.artifact or f"exemplars in {config.router.exemplars}"
@@ -174,7 +233,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     else:
         logger.info("using the upstream backend at %s", config.backend.url)
         backend = UpstreamBackend(config.backend)
-    return Gateway(routing, backend, max_body_bytes=config.server.max_body_bytes)
+    return Gateway(routing, backend, server=config.server)
 
 
 def _check_model_names(config: GatewayConfig) -> None:

@@ -423,3 +423,13 @@ class HealthResponse(_Response):
     """Response of ``GET /health``."""
 
     status: Literal["ok"] = "ok"
+
+
+class ReadinessResponse(_Response):
+    """Response of ``GET /ready``: HTTP 200 when ready, 503 with the problems when not."""
+
+    status: Literal["ready", "not_ready"]
+    problems: list[str] = Field(default_factory=list)
+    """Why the backend cannot serve now: unreachable, or adapters it does not serve."""
+    start_problems: list[str] | None = None
+    """Problems the upstream's model check found at start; ``None`` for the embedded backend."""

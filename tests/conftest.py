@@ -11,8 +11,10 @@ against a model other than the bundled demo model.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ ADAPTERS = ["code", "finance", "legal", "math", "medical", "sql"]
 MAX_BODY_BYTES = 4096
 DEFAULT_MAX_TOKENS = 10
 MAX_TOKENS_LIMIT = 12
+RECORDER = Path(__file__).with_name("recording_upstream.py")
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +66,13 @@ def router_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def write_gateway_config(folder: Path, backend: dict[str, Any], cache_dir: Path) -> Path:
-    """Write a gateway config with the bundled exemplars and ``backend``; return its path."""
+def write_gateway_config(
+    folder: Path, backend: dict[str, Any], cache_dir: Path, server: dict[str, Any] | None = None
+) -> Path:
+    """Write a gateway config with the bundled exemplars and ``backend``; return its path.
+
+    ``server`` adds to or overrides the ``server`` settings.
+    """
     config = {
         "router": {
             "exemplars": str(cache_dir / "skills"),
@@ -75,18 +83,40 @@ def write_gateway_config(folder: Path, backend: dict[str, Any], cache_dir: Path)
         },
         "adapters": {adapter: adapter for adapter in ADAPTERS},
         "backend": backend,
-        "server": {"max_body_bytes": MAX_BODY_BYTES},
+        "server": {"max_body_bytes": MAX_BODY_BYTES, **(server or {})},
     }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
 
-def start_gateway(name: str, folder: Path, config: Path) -> ServerProcess:
+def start_gateway(name: str, folder: Path, config: Path, env: dict[str, str] | None = None) -> ServerProcess:
     """Start ``adapter-router serve`` with ``config`` on a free port and wait for /health."""
     port = free_port()
     command = [ADAPTER_ROUTER, "serve", "--config", str(config), "--port", str(port)]
-    return ServerProcess(name, command, port, folder / "server.log").start()
+    return ServerProcess(name, command, port, folder / "server.log", env=env).start()
+
+
+class Recorder:
+    """The recording upstream process and the request bodies it received."""
+
+    def __init__(self, folder: Path) -> None:
+        self.record_file = folder / "requests.jsonl"
+        self.record_file.touch()
+        port = free_port()
+        command = [sys.executable, str(RECORDER), "--port", str(port), "--record", str(self.record_file)]
+        self.server = ServerProcess("recording upstream", command, port, folder / "recorder.log")
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def requests(self) -> list[dict]:
+        lines = self.record_file.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+    def last_request(self) -> dict:
+        return self.requests()[-1]
 
 
 def start_model_server(folder: Path, model: Path, port: int | None = None) -> ServerProcess:
@@ -184,3 +214,46 @@ def default_router(router_cache: Path, embedder: SentenceEmbedder) -> DomainRout
         cache_dir=str(router_cache),
     )
     return build_domain_router(settings, {adapter: adapter for adapter in ADAPTERS})
+
+
+API_KEYS = ["test-key-config-1", "test-key-config-2"]
+ENV_API_KEY = "test-key-from-env"
+GUARD_LIMITS = {
+    "max_messages": 4,
+    "max_text_chars": 1000,
+    "max_concurrent_requests": 2,
+    "retry_after_seconds": 7,
+    "request_timeout": 3,  # below the recorder's 5 s "slow" and "stall_stream" delays
+}
+
+
+@pytest.fixture(scope="session")
+def guard_recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorder]:
+    """A recording upstream of its own for ``guarded_gateway``."""
+    recorder = Recorder(tmp_path_factory.mktemp("guard-recorder"))
+    recorder.server.start()
+    yield recorder
+    recorder.server.stop()
+
+
+@pytest.fixture(scope="session")
+def guarded_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    guard_recorder: Recorder,
+    gateway: ServerProcess,
+    router_cache: Path,
+) -> Iterator[ServerProcess]:
+    """A gateway with API keys (from the config and the environment) and small request limits.
+
+    Its upstream is ``guard_recorder``. Starts after ``gateway``, which has cached the router.
+    """
+    folder = tmp_path_factory.mktemp("gateway-guarded")
+    backend = {"type": "upstream", "url": f"{guard_recorder.url}/v1", "base_model_name": BASE_MODEL}
+    config = write_gateway_config(
+        folder, backend, router_cache, server={"api_keys": API_KEYS, **GUARD_LIMITS}
+    )
+    server = start_gateway(
+        "gateway (API keys and limits)", folder, config, env={"ADAPTER_ROUTER_API_KEYS": f" ,{ENV_API_KEY}"}
+    )
+    yield server
+    server.stop()

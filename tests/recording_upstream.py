@@ -13,6 +13,9 @@ not know, so it passes through) selects the response:
 - ``"slow"``: the normal answer after 5 seconds
 - ``"drop_stream"``: one stream chunk, then the connection breaks (the body is shorter than
   its ``Content-Length``)
+- ``"stall_stream"``: one stream chunk, then the rest after 5 seconds
+- ``"adapter_missing"``: HTTP 404 as vLLM sends it for a model it does not serve, unless the
+  request names the base model ``demo-base``, which gets the normal answer
 
 Run: ``python recording_upstream.py --port PORT --record FILE``; standard library only.
 """
@@ -27,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 SLOW_SECONDS = 5
-MODELS = ["demo-base", "math", "code", "medical", "legal", "finance", "sql"]
+BASE_MODEL = "demo-base"
+MODELS = [BASE_MODEL, "math", "code", "medical", "legal", "finance", "sql"]
 
 
 class RecordingHandler(BaseHTTPRequestHandler):
@@ -58,15 +62,21 @@ class RecordingHandler(BaseHTTPRequestHandler):
             self._send(int(behaviour.split(":")[1]), b"plain text failure", "text/plain")
         elif behaviour == "invalid_json":
             self._send(200, b"this is not json", "application/json")
+        elif behaviour == "adapter_missing" and body.get("model") != BASE_MODEL:
+            error = _error(f"The model `{body.get('model')}` does not exist.")
+            error["error"].update(type="NotFoundError", code=404)
+            self._send_json(404, error)
         else:
             if behaviour == "slow":
                 time.sleep(SLOW_SECONDS)
             if body.get("stream"):
-                self._send_stream(body["model"], drop=behaviour == "drop_stream")
+                self._send_stream(
+                    body["model"], drop=behaviour == "drop_stream", stall=behaviour == "stall_stream"
+                )
             else:
                 self._send_json(200, _completion(body["model"]))
 
-    def _send_stream(self, model: str, *, drop: bool) -> None:
+    def _send_stream(self, model: str, *, drop: bool, stall: bool = False) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("connection", "close")
@@ -83,6 +93,8 @@ class RecordingHandler(BaseHTTPRequestHandler):
         if drop:
             self.close_connection = True
             return
+        if stall:
+            time.sleep(SLOW_SECONDS)
         second = _chunk(f"upstream/{model}", {"content": " world"}, "stop")
         self.wfile.write(f"data: {json.dumps(second)}\n\ndata: [DONE]\n\n".encode())
         self.close_connection = True

@@ -40,13 +40,18 @@ class ServerProcess:
     port : int
         The port the command listens on.
     log_file : Path
+    env : dict of str to str, optional
+        Environment variables set for the process on top of the test process's own.
     """
 
     running: ClassVar[list[ServerProcess]] = []
     """Every server started and not yet stopped, for the failure reports."""
 
-    def __init__(self, name: str, command: list[str], port: int, log_file: Path) -> None:
+    def __init__(
+        self, name: str, command: list[str], port: int, log_file: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
+        self.env = dict(env or {})
         self.command = command
         self.port = port
         self.log_file = log_file
@@ -68,7 +73,7 @@ class ServerProcess:
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **self.env},
             )
         ServerProcess.running.append(self)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADAPTERS, BASE_MODEL, MAX_BODY_BYTES
+from conftest import ADAPTERS, API_KEYS, BASE_MODEL, MAX_BODY_BYTES
 from scripted_server import (
     ROUTER_HEADERS,
     Reply,
@@ -368,15 +368,21 @@ async def test_async_invalid_messages_raise_bad_request(gateway):
     assert caught.value.param == "messages[0].role"
 
 
-@pytest.mark.skip(reason="the gateway has no API keys yet, so no request can be rejected for a wrong key")
-def test_wrong_api_key_raises_authentication_error(gateway):
+def test_wrong_api_key_raises_authentication_error(guarded_gateway):
     with (
-        RouterClient(gateway.url, api_key="wrong-key") as client,
+        RouterClient(guarded_gateway.url, api_key="wrong-key") as client,
         pytest.raises(AuthenticationError) as caught,
     ):
         client.models()
 
     assert caught.value.status_code == 401
+
+
+def test_right_api_key_is_accepted(guarded_gateway):
+    with RouterClient(guarded_gateway.url, api_key=API_KEYS[0]) as client:
+        models = client.models()
+
+    assert "math" in [model.id for model in models]
 
 
 # Connection reuse

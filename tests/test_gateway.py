@@ -250,3 +250,10 @@ def test_health(any_gateway):
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_ready_with_embedded_backend(gateway):
+    response = httpx.get(f"{gateway.url}/ready", timeout=30)
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "problems": [], "start_problems": None}

@@ -10,48 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import BASE_MODEL, start_gateway, write_gateway_config
+from conftest import BASE_MODEL, Recorder, start_gateway, write_gateway_config
 from openai import OpenAI
-from server_process import ServerProcess, free_port
+from server_process import ServerProcess
 
 from router.backends.base import BackendCall
 from router.backends.upstream import UpstreamBackend
 from router.config import UpstreamBackendSettings
+from router.errors import AdapterUnavailableError
 from router.protocol import ChatCompletionRequest
 
-RECORDER = Path(__file__).with_name("recording_upstream.py")
 READ_TIMEOUT_SECONDS = 2  # below the recorder's "slow" delay
 MATH_PROMPT = "Solve for x: 3x + 5 = 20"
 CHAT = "/v1/chat/completions"
-
-
-class Recorder:
-    """The recording upstream process and the request bodies it received."""
-
-    def __init__(self, folder: Path) -> None:
-        self.record_file = folder / "requests.jsonl"
-        self.record_file.touch()
-        port = free_port()
-        command = [sys.executable, str(RECORDER), "--port", str(port), "--record", str(self.record_file)]
-        self.server = ServerProcess("recording upstream", command, port, folder / "recorder.log")
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def requests(self) -> list[dict]:
-        lines = self.record_file.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines]
-
-    def last_request(self) -> dict:
-        return self.requests()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +290,187 @@ def test_upstream_gateway_matches_embedded_output(gateway, upstream_gateway):
     assert forwarded["model"] == embedded["model"] == "math"
     assert forwarded["choices"][0]["message"]["content"] == embedded["choices"][0]["message"]["content"]
     assert forwarded["usage"] == embedded["usage"]
+
+
+# Adapter unavailable: vLLM answers HTTP 404 for a model it does not serve
+
+
+def test_unavailable_adapter_falls_back_to_base(recording_gateway, recorder):
+    for stream in (False, True):
+        before = len(recorder.requests())
+        body = {
+            "model": "auto",
+            "stream": stream,
+            "messages": [{"role": "user", "content": MATH_PROMPT}],
+            "test_behaviour": "adapter_missing",
+        }
+
+        with httpx.stream("POST", recording_gateway.url + CHAT, json=body, timeout=30) as response:
+            content = response.read().decode()
+        sent = [request["body"]["model"] for request in recorder.requests()[before:]]
+
+        assert response.status_code == 200, content
+        assert response.headers["x-router-fallback"] == "adapter_unavailable"
+        assert response.headers["x-router-adapter"] == BASE_MODEL
+        assert response.headers["x-router-domain"] == "math"
+        assert sent == ["math", BASE_MODEL]
+        assert "Hello" in content
+
+
+def test_unavailable_adapter_is_logged_once_per_minute(recording_gateway):
+    # The sql adapter is missing in no other test, so its first log line comes from this test.
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "Write a SQL query that counts orders per customer"}],
+        "test_behaviour": "adapter_missing",
+    }
+
+    statuses = [post(recording_gateway, body).status_code for _ in range(3)]
+    lines = [line for line in recording_gateway.log().splitlines() if "does not serve adapter sql" in line]
+
+    assert statuses == [200, 200, 200]
+    assert len(lines) == 1
+
+
+@pytest.mark.parametrize(("mode", "raises"), [("fallback", True), ("error", False)])
+def test_upstream_404_for_adapter_by_mode(recorder, mode, raises):
+    settings = UpstreamBackendSettings(
+        type="upstream", url=f"{recorder.url}/v1", base_model_name=BASE_MODEL, adapter_unavailable=mode
+    )
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": MATH_PROMPT}],
+        "test_behaviour": "adapter_missing",
+    }
+    params = ChatCompletionRequest.model_validate(body)
+
+    async def send() -> int | str:
+        backend = UpstreamBackend(settings)
+        await backend.start()
+        try:
+            result = await backend.chat_completions(BackendCall(params, body, "math", "math", "req-404"))
+        except AdapterUnavailableError as error:
+            return error.adapter
+        finally:
+            await backend.close()
+        return result.status_code
+
+    outcome = asyncio.run(send())
+
+    assert outcome == ("math" if raises else 404)
+
+
+# Readiness
+
+
+def test_ready_reports_upstream_models(recording_gateway):
+    response = httpx.get(recording_gateway.url + "/ready", timeout=30)
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "problems": [], "start_problems": []}
+
+
+def test_ready_is_503_while_upstream_down(recording_gateway, stopped_recorder):
+    response = httpx.get(recording_gateway.url + "/ready", timeout=30)
+    body = response.json()
+
+    assert response.status_code == 503
+    assert body["status"] == "not_ready"
+    assert len(body["problems"]) == 1
+    assert "cannot list the models of upstream" in body["problems"][0]
+    assert body["start_problems"] == []
+
+
+# Load with injected faults
+
+LOAD_REQUESTS = 500
+LOAD_CONCURRENCY = 50
+FAULTS = {
+    # test_behaviour: (stream, expected HTTP status)
+    "status:500": (False, 502),
+    "invalid_json": (False, 502),
+    "text:503": (False, 502),
+    "status:422": (False, 422),
+    "drop_stream": (True, 200),
+}
+
+
+def process_usage(server: ServerProcess) -> tuple[int, int]:
+    """Return the open file descriptors (sockets included) and the resident memory in bytes of ``server``."""
+    assert server.process is not None
+    proc = Path(f"/proc/{server.process.pid}")
+    descriptors = len(list((proc / "fd").iterdir()))
+    rss_pages = int((proc / "statm").read_text().split()[1])
+    return descriptors, rss_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def load_plan() -> list[tuple[str | None, bool, int]]:
+    """Return (behaviour, stream, expected status) per request: every tenth request is a fault."""
+    faults = list(FAULTS.items())
+    plan: list[tuple[str | None, bool, int]] = []
+    for index in range(LOAD_REQUESTS):
+        if index % 10 == 0:
+            behaviour, (stream, status) = faults[(index // 10) % len(faults)]
+            plan.append((behaviour, stream, status))
+        else:
+            plan.append((None, index % 2 == 0, 200))
+    return plan
+
+
+def check_load_response(status: int, content: bytes, stream: bool, behaviour: str | None) -> None:
+    if status != 200:
+        error = json.loads(content)["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        return
+    if not stream:
+        assert json.loads(content)["choices"][0]["message"]["content"] == "Hello world"
+        return
+    events = [line for line in content.decode().split("\n\n") if line]
+    if behaviour == "drop_stream":
+        assert "error" in json.loads(events[-1].removeprefix("data: "))
+    else:
+        assert events[-1] == "data: [DONE]"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads process usage from /proc")
+def test_load_with_faults_answers_every_request(recording_gateway):
+    plan = load_plan()
+    httpx.get(recording_gateway.url + "/ready", timeout=30)
+    descriptors_before, memory_before = process_usage(recording_gateway)
+
+    async def send_all() -> list[tuple[int, bytes]]:
+        limits = httpx.Limits(max_connections=LOAD_CONCURRENCY)
+        async with httpx.AsyncClient(base_url=recording_gateway.url, timeout=60, limits=limits) as client:
+            gate = asyncio.Semaphore(LOAD_CONCURRENCY)
+
+            async def send(behaviour: str | None, stream: bool) -> tuple[int, bytes]:
+                body = {
+                    "model": "auto",
+                    "stream": stream,
+                    "messages": [{"role": "user", "content": MATH_PROMPT}],
+                }
+                if behaviour is not None:
+                    body["test_behaviour"] = behaviour
+                async with gate:
+                    response = await client.post(CHAT, json=body)
+                    return response.status_code, response.content
+
+            return await asyncio.gather(*(send(behaviour, stream) for behaviour, stream, _ in plan))
+
+    results = asyncio.run(send_all())
+
+    assert len(results) == LOAD_REQUESTS
+    for (behaviour, stream, expected), (status, content) in zip(plan, results, strict=True):
+        assert status == expected, (behaviour, stream, content[:200])
+        check_load_response(status, content, stream, behaviour)
+
+    # httpx closes pooled upstream connections idle for over 5 s (its keep-alive expiry) when the
+    # pool is next used, and GET /ready uses it. At most about 20 s.
+    for _ in range(40):
+        httpx.get(recording_gateway.url + "/ready", timeout=30)
+        descriptors_after, memory_after = process_usage(recording_gateway)
+        if descriptors_after <= descriptors_before + 5:
+            break
+        time.sleep(0.5)
+    assert descriptors_after <= descriptors_before + 5
+    assert memory_after - memory_before < 100 * 2**20

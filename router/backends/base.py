@@ -60,6 +60,10 @@ class Backend(Protocol):
         """Release what :meth:`start` acquired; called once after serving."""
         ...
 
+    async def readiness(self, expected: list[str]) -> list[str]:
+        """Return why the backend cannot serve the models in ``expected`` now; empty when it can."""
+        ...
+
     async def chat_completions(self, call: BackendCall[ChatCompletionRequest]) -> BackendResult:
         """Complete a chat conversation (``POST /v1/chat/completions``)."""
         ...

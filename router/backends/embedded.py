@@ -94,6 +94,14 @@ class EmbeddedBackend:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="generation")
         logger.info("embedded backend started with %d generation threads", self.workers)
 
+    async def readiness(self, expected: list[str]) -> list[str]:
+        """Return why the backend cannot serve yet: empty once started.
+
+        Every adapter passed a one-token dry run when the model was loaded, so a started backend
+        serves all of them.
+        """
+        return [] if self._executor is not None else ["the embedded backend is not started"]
+
     async def close(self) -> None:
         """Cancel running generations and stop the worker threads."""
         for cancelled in list(self._active):

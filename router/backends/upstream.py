@@ -18,7 +18,13 @@ import httpx
 
 from router.backends.base import BackendCall, BackendResult, JSONResult, StreamResult
 from router.config import ConfigError, UpstreamBackendSettings
-from router.errors import GatewayError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
+from router.errors import (
+    AdapterUnavailableError,
+    GatewayError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
 from router.protocol import ChatCompletionRequest, CompletionRequest
 from router.sse import EVENT_STREAM, sse_error
 
@@ -29,7 +35,9 @@ class UpstreamBackend:
     """Forward completions to the OpenAI-compatible server at ``settings.url``.
 
     Error statuses: the upstream unreachable is HTTP 503, a timeout 504, an upstream 5xx or an
-    invalid body 502; an upstream 4xx passes through with its status and body.
+    invalid body 502; an upstream 4xx passes through with its status and body. The exception is
+    a 404 for an adapter with ``adapter_unavailable: fallback``, which raises
+    :class:`AdapterUnavailableError` so the gateway can serve the request on the base model.
 
     Raises
     ------
@@ -50,6 +58,8 @@ class UpstreamBackend:
                 )
             self._headers["authorization"] = f"Bearer {api_key}"
         self._client: httpx.AsyncClient | None = None
+        self.start_problems: list[str] | None = None
+        """The problems the model check at start found; ``None`` before it ran."""
 
     async def start(self) -> None:
         """Open the connection pool and check the upstream's models against the adapter map."""
@@ -73,28 +83,40 @@ class UpstreamBackend:
             self._client = None
         logger.info("upstream backend stopped")
 
-    async def check_models(self, expected: list[str]) -> None:
-        """Log whether the upstream serves every model in ``expected``; problems are logged, not raised.
+    async def check_models(self, expected: list[str]) -> list[str]:
+        """Check that the upstream serves every model in ``expected``; return the problems found.
 
         The upstream may start after the gateway, so a missing model or an unreachable
-        upstream is a warning here and an error response only when a request needs it.
+        upstream is logged as a warning here and becomes an error response only when a request
+        needs it. The result is kept in :attr:`start_problems` for ``GET /ready``.
+        """
+        problems = await self.readiness(expected)
+        if problems:
+            logger.warning("upstream check at start: %s", "; ".join(problems))
+        else:
+            logger.info("upstream %s serves the base model and every adapter", self.url)
+        self.start_problems = problems
+        return problems
+
+    async def readiness(self, expected: list[str]) -> list[str]:
+        """List the upstream's models now; return why it cannot serve ``expected`` (empty when it can).
+
+        With the LoRAX convention (``adapter_field: adapter_id``) adapters are not listed by the
+        upstream, so only its reachability is checked.
         """
         try:
-            response = await self._http().get("models")
+            response = await self._http().get("models", timeout=self.settings.connect_timeout)
             response.raise_for_status()
             served = {model["id"] for model in response.json()["data"]}
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
-            logger.warning(
-                "cannot list the models of upstream %s: %s", self.url, error or type(error).__name__
-            )
-            return
+            return [f"cannot list the models of upstream {self.url}: {error or type(error).__name__}"]
+
+        if self.settings.adapter_field != "model":
+            return []
         missing = sorted(set(expected) - served)
         if missing:
-            logger.warning(
-                "upstream %s does not serve %s: requests routed there will fail", self.url, ", ".join(missing)
-            )
-        else:
-            logger.info("upstream %s serves the base model and every adapter", self.url)
+            return [f"upstream {self.url} does not serve {', '.join(missing)}"]
+        return []
 
     async def chat_completions(self, call: BackendCall[ChatCompletionRequest]) -> BackendResult:
         """Forward to the upstream's ``/chat/completions``."""
@@ -151,6 +173,10 @@ class UpstreamBackend:
                 "request %s: upstream %s returned HTTP %d: %s", call.request_id, self.url, status, detail
             )
             raise UpstreamError(f"The upstream model server returned HTTP {status}: {detail}")
+        if status == 404 and self._adapter_fallback(call):
+            raise AdapterUnavailableError(
+                call.adapter or "", f"The upstream model server does not serve the adapter {call.adapter}."
+            )
         if status >= 400:
             logger.info("request %s: upstream %s returned HTTP %d", call.request_id, self.url, status)
             if not isinstance(body, dict):
@@ -173,6 +199,15 @@ class UpstreamBackend:
         if body.get("model") != call.model:
             body["model"] = call.model
         return JSONResult(body, status)
+
+    def _adapter_fallback(self, call: BackendCall[Any]) -> bool:
+        # vLLM returns HTTP 404 for a model it does not serve. With the LoRAX convention the
+        # model is always the base model, so a 404 there means something else.
+        return (
+            call.adapter is not None
+            and self.settings.adapter_field == "model"
+            and self.settings.adapter_unavailable == "fallback"
+        )
 
     async def _relay(self, response: httpx.Response, call: BackendCall[Any]) -> AsyncIterator[bytes]:
         """Yield the upstream's events one by one, each with ``model`` set to the served name."""
