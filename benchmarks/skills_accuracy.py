@@ -104,6 +104,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="times each latency prompt is routed; the median over all calls is reported (default: 3)",
     )
     parser.add_argument(
+        "--embedding-backend",
+        choices=["pytorch", "onnx", "onnx-int8"],
+        default="pytorch",
+        help="embedding backend used to route the evaluated prompts; the router is trained with "
+        "the PyTorch one either way, as an artifact is (default: pytorch)",
+    )
+    parser.add_argument(
         "--torch-threads",
         type=int,
         default=1,
@@ -285,7 +292,8 @@ def print_report(result: dict) -> None:
     router = result["router"]
     print(f"{result['split']} split of {result['data']}: {main['rows']} rows")
     print(
-        f"router: {router['head']} head, {router['exemplars']} exemplars, "
+        f"router: {router['head']} head, {router['embedding_backend']} embedding backend, "
+        f"{router['exemplars']} exemplars, "
         f"confidence threshold {router['confidence_threshold']}, "
         f"out-of-domain threshold {router['out_of_domain_threshold']}"
     )
@@ -353,6 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_seconds = time.perf_counter() - started
         knn_service = build_service(config, "knn", cache_dir)
 
+    if args.embedding_backend != "pytorch":
+        from benchmarks.routing_latency import BACKENDS
+
+        embedder = BACKENDS[args.embedding_backend](config)
+        service.domain_router.embedder = embedder
+        knn_service.domain_router.embedder = embedder
+
     domain_router = service.domain_router
     fallback_domains = domain_router.fallback_domains
     routes, row_reasons, reasons = gateway_routes(service, texts)
@@ -389,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "exemplars": len(domain_router.exemplars),
             "exemplars_per_domain": dict(sorted(exemplar_counts.items())),
             "head": config.router.head,
+            "embedding_backend": args.embedding_backend,
             "head_params": domain_router.head.get_params(),
             "fallback_domains": sorted(fallback_domains),
             "confidence_threshold": thresholds.confidence,

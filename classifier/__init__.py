@@ -15,6 +15,7 @@ from classifier.embedding import (
 from classifier.exemplars import Exemplar, ExemplarError, load_exemplars
 from classifier.heads import KnnHead, LogisticHead, make_head
 from classifier.index import ExemplarIndex
+from classifier.onnx_embedding import OnnxEmbedder
 from classifier.training import train_router
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "KnnHead",
     "LogisticHead",
     "Neighbour",
+    "OnnxEmbedder",
     "Prediction",
     "SentenceEmbedder",
     "Thresholds",

@@ -1,0 +1,82 @@
+"""ONNX Runtime embedding backend: the exported model against sentence-transformers on PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier import SentenceEmbedder
+from classifier.onnx_embedding import OnnxEmbedder
+
+TEXTS = [
+    "Solve for x: 3x + 5 = 20",
+    "Write a Python function that merges two sorted lists",
+    "What are the side effects of ibuprofen?",
+    "hi!",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder for the module's exports, so the model is exported once."""
+    return tmp_path_factory.mktemp("onnx-embedding")
+
+
+def test_onnx_embeddings_match_pytorch(embedder: SentenceEmbedder, onnx_cache: Path) -> None:
+    onnx = OnnxEmbedder(cache_dir=str(onnx_cache))
+
+    expected = embedder.encode(TEXTS)
+    actual = onnx.encode(TEXTS)
+
+    assert actual.shape == (len(TEXTS), 384)
+    assert actual.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(actual, axis=1), 1.0, atol=1e-5)
+    cosines = (actual * expected).sum(axis=1)
+    assert cosines.min() > 0.999, cosines
+
+
+def test_int8_embeddings_stay_close(embedder: SentenceEmbedder, onnx_cache: Path) -> None:
+    onnx = OnnxEmbedder(quantize=True, cache_dir=str(onnx_cache))
+
+    cosines = (onnx.encode(TEXTS) * embedder.encode(TEXTS)).sum(axis=1)
+
+    # Per-channel int8 weights kept test prompts within cosine 0.99; the shortest texts here
+    # ("hi!" and the empty text) drift most, to about 0.978 with onnxruntime 1.32.
+    assert cosines.min() > 0.97, cosines
+
+
+def test_long_text_chunked_like_pytorch(embedder: SentenceEmbedder, onnx_cache: Path) -> None:
+    onnx = OnnxEmbedder(cache_dir=str(onnx_cache), max_chunks=2)
+    long_text = " ".join(f"paragraph {i} about contract law and liability clauses." for i in range(200))
+
+    onnx_vectors, onnx_chunking = onnx.encode_chunked([long_text, "short"])
+    _, torch_chunking = SentenceEmbedder(max_chunks=2).encode_chunked([long_text, "short"])
+
+    assert [c.chunks for c in onnx_chunking] == [2, 1]
+    assert onnx_chunking[0].total_chunks == torch_chunking[0].total_chunks
+    assert onnx_chunking[0].truncated
+    np.testing.assert_allclose(np.linalg.norm(onnx_vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input_returns_empty_array(onnx_cache: Path) -> None:
+    onnx = OnnxEmbedder(cache_dir=str(onnx_cache))
+
+    vectors, chunking = onnx.encode_chunked([])
+
+    assert vectors.shape == (0, 384)
+    assert chunking == []
+
+
+def test_batches_respect_token_cap(onnx_cache: Path) -> None:
+    onnx = OnnxEmbedder(cache_dir=str(onnx_cache), batch_size=3, max_batch_tokens=40)
+    windows = [[0] * length for length in (30, 5, 6, 5, 7, 5)]
+
+    batches = onnx._batches(windows)
+
+    assert batches == [[1, 3, 5], [2, 4], [0]]
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) * max(len(windows[i]) for i in batch) <= 40
