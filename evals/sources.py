@@ -21,6 +21,7 @@ from typing import Any
 from classifier import (
     ConfidenceMode,
     DomainRouter,
+    Embedder,
     Exemplar,
     SentenceEmbedder,
     Thresholds,
@@ -211,7 +212,7 @@ class RouterBuilder:
         return LocalRouter(
             spec.display_name(),
             router,
-            self._embedder(router.embedding_model).embedder,
+            _uncached(router.embedder),
             adapters=adapters,
             source=source,
             latency_samples=self.latency_samples,
@@ -263,9 +264,13 @@ class RouterBuilder:
 
         config = load_config(config_path)
         router = build_domain_router(config.router, config.adapters)
-        # Share one cached embedding model instance with the other routers of this run.
         shared = router.with_thresholds(router.thresholds)
-        shared.embedder = self._embedder(router.embedding_model)
+        if config.router.embedding_backend == "pytorch":
+            # Share one cached embedding model instance with the other routers of this run.
+            shared.embedder = self._embedder(router.embedding_model)
+        else:
+            # An ONNX backend keeps its own embeddings, so its accuracy is its own.
+            shared.embedder = CachingEmbedder(router.embedder)
         return shared, dict(config.adapters), config.conversation
 
     def _embedder(self, model: str) -> CachingEmbedder:
@@ -273,6 +278,10 @@ class RouterBuilder:
         if name not in self._embedders:
             self._embedders[name] = CachingEmbedder(SentenceEmbedder(model))
         return self._embedders[name]
+
+
+def _uncached(embedder: Embedder) -> Embedder:
+    return embedder.embedder if isinstance(embedder, CachingEmbedder) else embedder
 
 
 def with_overrides(router: DomainRouter, spec: RouterSpec) -> DomainRouter:

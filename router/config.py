@@ -35,6 +35,9 @@ class RouterSettings(_Settings):
     artifact: str | None = None
     exemplars: str | None = None
     embedding_model: str = "default"
+    embedding_backend: Literal["pytorch", "onnx", "onnx-int8"] = "pytorch"
+    """``pytorch`` runs sentence-transformers; ``onnx`` and ``onnx-int8`` run the same model exported
+    to ONNX Runtime at first use (cached under ``cache_dir``), about 2x and 4x faster on CPU."""
     head: Literal["logistic", "knn"] = "logistic"
     confidence_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
     domain_thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)

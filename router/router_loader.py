@@ -8,6 +8,8 @@ from pathlib import Path
 
 from classifier import (
     DomainRouter,
+    Embedder,
+    OnnxEmbedder,
     SentenceEmbedder,
     Thresholds,
     load_exemplars,
@@ -30,7 +32,7 @@ def build_domain_router(
     the exemplars, the embedding model and the head, so later starts load it in well under a
     second.
     """
-    embedder = SentenceEmbedder(settings.embedding_model, max_chunks=max_chunks)
+    embedder = make_embedder(settings, max_chunks=max_chunks)
     if settings.artifact is not None:
         domain_router = load_router(settings.artifact, embedder)
         logger.info("loaded router artifact %s", settings.artifact)
@@ -39,13 +41,27 @@ def build_domain_router(
     return domain_router.with_thresholds(_thresholds(settings, domain_router.thresholds))
 
 
+def make_embedder(settings: RouterSettings, *, max_chunks: int = 8) -> Embedder:
+    """Return the embedding model ``settings`` names, on the configured backend."""
+    if settings.embedding_backend == "pytorch":
+        return SentenceEmbedder(settings.embedding_model, max_chunks=max_chunks)
+    return OnnxEmbedder(
+        settings.embedding_model,
+        quantize=settings.embedding_backend == "onnx-int8",
+        cache_dir=str(Path(settings.cache_dir).expanduser() / "onnx"),
+        max_chunks=max_chunks,
+    )
+
+
 def _trained_or_cached(
-    settings: RouterSettings, embedder: SentenceEmbedder, adapters: dict[str, str | None]
+    settings: RouterSettings, embedder: Embedder, adapters: dict[str, str | None]
 ) -> DomainRouter:
     assert settings.exemplars is not None
     exemplars = load_exemplars(settings.exemplars)
     key = hashlib.sha256(
-        f"{exemplars_digest(exemplars)}|{embedder.name}|{settings.head}|{sorted(settings.fallback_domains)}".encode()
+        # Both backends report the same model name, so the backend is part of the key.
+        f"{exemplars_digest(exemplars)}|{embedder.name}|{settings.embedding_backend}|{settings.head}|"
+        f"{sorted(settings.fallback_domains)}".encode()
     ).hexdigest()[:16]
     cache = Path(settings.cache_dir).expanduser() / "routers" / key
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,27 @@ def test_batches_respect_token_cap(onnx_cache: Path) -> None:
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) * max(len(windows[i]) for i in batch) <= 40
+
+
+def test_config_selects_onnx_backend(onnx_cache: Path, tmp_path: Path) -> None:
+    from router.config import RouterSettings
+    from router.router_loader import build_domain_router
+
+    exemplars = tmp_path / "exemplars.jsonl"
+    records = [
+        ("Solve for x: 2x + 3 = 11", "algebra"),
+        ("Factor x^2 - 5x + 6", "algebra"),
+        ("Write a Python function that reverses a list", "code"),
+        ("Fix this JavaScript TypeError in my loop", "code"),
+    ]
+    exemplars.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in records))
+    settings = RouterSettings(
+        exemplars=str(exemplars), embedding_backend="onnx-int8", cache_dir=str(onnx_cache)
+    )
+
+    router = build_domain_router(settings, {})
+
+    assert isinstance(router.embedder, OnnxEmbedder)
+    assert router.embedder.quantize is True
+    assert (onnx_cache / "onnx").is_dir()
+    assert router.predict(["Solve for x: 7x - 2 = 19"])[0].domain == "algebra"
