@@ -23,6 +23,7 @@ from evals.local_router import LocalRouter
 from evals.outcome import EvaluatedRouter
 from evals.sources import RouterBuilder, RouterSpec, parse_compare_spec
 from evals.text_report import render_comparison, render_evaluation
+from router.cli_types import cosine, unit_interval
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -95,12 +96,12 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
     thresholds = parser.add_argument_group("threshold overrides")
     thresholds.add_argument(
         "--confidence-threshold",
-        type=_unit_interval,
+        type=unit_interval,
         help="override the router's confidence threshold, 0-1 (default: the router's own)",
     )
     thresholds.add_argument(
         "--out-of-domain-threshold",
-        type=_cosine,
+        type=cosine,
         help="override the router's out-of-domain similarity threshold, -1 to 1 (default: the router's own)",
     )
 
@@ -489,27 +490,6 @@ def _api_key(variable: str | None) -> str | None:
     if not value:
         raise EvalError(f"environment variable {variable} is not set: export the gateway's API key in it")
     return value
-
-
-def _unit_interval(value: str) -> float:
-    number = _number(value)
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0-1: give a confidence between 0 and 1")
-    return number
-
-
-def _cosine(value: str) -> float:
-    number = _number(value)
-    if not -1.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is outside -1 to 1: give a cosine similarity")
-    return number
-
-
-def _number(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
 
 
 def _positive_int(value: str) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from classifier import ArtifactError, EmbeddingModelError, ExemplarError
+from router.cli_types import cosine, unit_interval
 from router.config import ConfigError
 from router.logging_setup import configure_logging
 
@@ -94,13 +95,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--confidence-threshold",
-        type=_unit_interval,
+        type=unit_interval,
         default=0.5,
         help="minimum confidence to route, 0-1 (default: 0.5)",
     )
     train.add_argument(
         "--out-of-domain-threshold",
-        type=_cosine,
+        type=cosine,
         default=0.0,
         help="minimum cosine similarity to the nearest exemplar, -1 to 1; 0 disables (default: 0)",
     )
@@ -127,27 +128,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_eval_commands(commands)
     return parser
-
-
-def _unit_interval(value: str) -> float:
-    number = _number(value)
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0-1: give a confidence between 0 and 1")
-    return number
-
-
-def _cosine(value: str) -> float:
-    number = _number(value)
-    if not -1.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is outside -1 to 1: give a cosine similarity")
-    return number
-
-
-def _number(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -140,6 +140,12 @@ def _error(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "test"}}
 
 
+class ListeningServer(ThreadingHTTPServer):
+    # The default accept backlog of 5 overflows when the load test opens 50 connections at once,
+    # and the kernel then resets some of them, which the gateway reports as upstream failures.
+    request_queue_size = 256
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="port to listen on, on 127.0.0.1")
@@ -147,7 +153,7 @@ def main() -> None:
     args = parser.parse_args()
 
     RecordingHandler.record_file = args.record
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), RecordingHandler)
+    server = ListeningServer(("127.0.0.1", args.port), RecordingHandler)
     server.daemon_threads = True
     print(f"recording upstream on 127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
