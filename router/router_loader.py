@@ -1,4 +1,4 @@
-"""Build the domain router a gateway config asks for: load an artifact, or train from exemplars."""
+"""Build the domain router a gateway config describes: load an artifact, or train from exemplars."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def build_domain_router(
 ) -> DomainRouter:
     """Return the router for ``settings``, with the config's threshold overrides applied.
 
-    With ``exemplars``, the router is trained once and cached under ``cache_dir`` by the hash of
-    the exemplars, the embedding model and the head, so later starts load it in well under a
-    second.
+    With ``exemplars``, the router is trained once and cached under ``cache_dir`` by a hash of
+    the exemplars and the training settings (embedding model and backend, head, fallback
+    domains), so later starts load it in well under a second.
     """
     embedder = make_embedder(settings, max_chunks=max_chunks)
     if settings.artifact is not None:
