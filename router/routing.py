@@ -275,7 +275,7 @@ class RoutingService:
         return decision
 
     def _should_switch(self, held: SessionState, decision: RouteDecision) -> bool:
-        """Whether a session leaves its model: only for a decided domain, clearly ahead of the held one."""
+        """Return whether a session leaves its model: only for a decided domain clearly ahead."""
         if decision.domain is None or decision.fallback_reason in _UNDECIDED_REASONS:
             return False
         held_score = decision.scores.get(held.domain, 0.0) if held.domain else 0.0
