@@ -44,28 +44,16 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "routing_latency.json"
 PERCENTILES = (50, 95, 99)
 
 
-def pytorch_embedder(config):
-    """Return the gateway's default embedder: sentence-transformers on PyTorch."""
-    from classifier import SentenceEmbedder
-
-    return SentenceEmbedder(config.router.embedding_model, max_chunks=config.conversation.max_chunks)
+BACKENDS = ("pytorch", "onnx", "onnx-int8")
+"""Embedding backends, as ``router.embedding_backend`` names them in a gateway config."""
 
 
-def onnx_embedder(config, *, quantize: bool = False):
-    """Return the ONNX Runtime embedder (one intra-op thread), exporting the model on first use."""
-    from classifier.onnx_embedding import OnnxEmbedder
+def backend_embedder(config, backend: str):
+    """Return the embedder the gateway builds for ``config`` with ``backend`` selected."""
+    from router.router_loader import make_embedder
 
-    return OnnxEmbedder(
-        config.router.embedding_model, quantize=quantize, max_chunks=config.conversation.max_chunks
-    )
-
-
-BACKENDS: dict[str, Callable] = {
-    "pytorch": pytorch_embedder,
-    "onnx": onnx_embedder,
-    "onnx-int8": lambda config: onnx_embedder(config, quantize=True),
-}
-"""Embedding backends by name; each factory takes the gateway config and returns an ``Embedder``."""
+    settings = config.router.model_copy(update={"embedding_backend": backend})
+    return make_embedder(settings, max_chunks=config.conversation.max_chunks)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -325,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     domain_router = build_router(config)
     for name in args.backends:
-        service = build_service(config, domain_router, BACKENDS[name](config))
+        service = build_service(config, domain_router, backend_embedder(config, name))
         result["backends"][name] = measure_backend(service, texts, args)
     add_ratios(result["backends"])
     result["machine"]["load_average_1m_end"] = os.getloadavg()[0]

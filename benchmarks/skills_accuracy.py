@@ -362,9 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         knn_service = build_service(config, "knn", cache_dir)
 
     if args.embedding_backend != "pytorch":
-        from benchmarks.routing_latency import BACKENDS
+        from benchmarks.routing_latency import backend_embedder
 
-        embedder = BACKENDS[args.embedding_backend](config)
+        embedder = backend_embedder(config, args.embedding_backend)
         service.domain_router.embedder = embedder
         knn_service.domain_router.embedder = embedder
 
