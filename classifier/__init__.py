@@ -1,6 +1,6 @@
 """Text in, domain scores out: embedding, router heads, fallback decisions and router artifacts.
 
-This package has no HTTP and knows adapters only as names stored in the artifact.
+This package has no HTTP and treats adapters only as names stored in the artifact.
 """
 
 from classifier.artifact import ArtifactError, load_router, read_manifest, save_router

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 
 class FallbackReason(StrEnum):
-    """Why a prompt goes to the base model instead of a domain adapter."""
+    """Reason a prompt goes to the base model instead of a domain adapter."""
 
     LOW_CONFIDENCE = "low_confidence"
     """The best domain's confidence is below its threshold."""
@@ -19,7 +19,7 @@ class FallbackReason(StrEnum):
 
 
 class ConfidenceMode(StrEnum):
-    """What the confidence threshold is applied to."""
+    """The quantity the confidence threshold is applied to."""
 
     SCORE = "score"
     """The best domain's score (summed label probabilities)."""
@@ -74,7 +74,7 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The classifier's answer for one text.
+    """The classifier's output for one text.
 
     ``domain`` is the best-scoring domain even when the prediction falls back, so callers can
     see what was close; ``fallback_reason`` is ``None`` only when the text should go to that

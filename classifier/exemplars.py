@@ -35,7 +35,7 @@ def load_exemplars(path: str | Path) -> list[Exemplar]:
     Raises
     ------
     ExemplarError
-        If the path does not exist, holds no records, or a line is not a valid record. The
+        If the path does not exist, contains no records, or a line is not a valid record. The
         message names the file and line.
     """
     path = Path(path)

@@ -173,7 +173,7 @@ def group_accuracy(
     """Return records, correct and accuracy for each value of the records' ``field_name``.
 
     Records without the field count under ``(none)``. A record is correct when it went where its
-    label says: its domain's adapter, or the base model for an expected fallback.
+    label points: its domain's adapter, or the base model for an expected fallback.
     """
     groups: dict[str, list[int]] = {}
     for record, target, outcome in zip(records, targets, outcomes, strict=True):

@@ -27,7 +27,7 @@ _UNDECIDED = frozenset({FallbackReason.LOW_CONFIDENCE, FallbackReason.OUT_OF_DOM
 
 @dataclass(frozen=True)
 class TextReport:
-    """What the router read: which turns, how many characters, and whether any text was left out.
+    """The text the router read: which turns, how many characters, and whether any text was left out.
 
     ``basis`` is ``request`` (the latest request alone), ``request+context`` (with earlier turns),
     ``context`` (earlier turns only, because the latest turn has no text) or ``none``.

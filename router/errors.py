@@ -80,7 +80,7 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamTimeoutError(UpstreamError):
-    """The upstream model server did not answer in time (HTTP 504)."""
+    """The upstream model server did not respond in time (HTTP 504)."""
 
     status_code = 504
     code = "upstream_timeout"

@@ -386,7 +386,7 @@ class NeighbourInfo(_Response):
 
 
 class RoutingTextInfo(_Response):
-    """What the router read: ``basis`` is request, request+context, context or none."""
+    """The text the router read: ``basis`` is request, request+context, context or none."""
 
     basis: Literal["request", "request+context", "context", "none"]
     request_turn: int | None

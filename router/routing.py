@@ -31,7 +31,7 @@ _UNDECIDED_REASONS = frozenset({NO_TEXT, FallbackReason.LOW_CONFIDENCE, Fallback
 
 @dataclass(frozen=True)
 class RouteDecision:
-    """Which model serves a request, and why.
+    """The model that serves a request, and the reason.
 
     ``model`` is the served name the backend receives: the adapter's name, or the base model's.
     ``fallback_reason`` is ``None`` exactly when an adapter serves the request. ``domain`` and
@@ -97,7 +97,7 @@ class RoutingService:
     base_model : str
         Served name of the base model.
     routing_alias : str
-        The ``model`` value that asks for routing.
+        The ``model`` value that requests routing.
     log_prompts : bool
         Include the routing text in decision logs.
     conversation : ConversationSettings, optional

@@ -24,7 +24,7 @@ class SessionState:
 
 
 class SessionStore(Protocol):
-    """Where sticky-session state lives. Implementations must be safe to call from many threads."""
+    """Storage for sticky-session state. Implementations must be safe to call from many threads."""
 
     def get(self, session_id: str) -> SessionState | None:
         """Return the session's state, or ``None`` if it is unknown or expired."""

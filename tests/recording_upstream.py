@@ -10,7 +10,7 @@ not know, so it passes through) selects the response:
 - ``"status:<code>"``: HTTP ``<code>`` with an OpenAI error body
 - ``"text:<code>"``: HTTP ``<code>`` with a plain text body
 - ``"invalid_json"``: HTTP 200 with a body that is not JSON
-- ``"slow"``: the normal answer after 5 seconds
+- ``"slow"``: the normal response after 5 seconds
 - ``"drop_stream"``: one stream chunk, then the connection breaks (the body is shorter than
   its ``Content-Length``)
 - ``"stall_stream"``: one stream chunk, then the rest after 5 seconds

@@ -1,6 +1,6 @@
 """A tiny HTTP server on 127.0.0.1 that sends scripted replies and counts what it receives.
 
-The real gateway cannot be told to return HTTP 503, 401 or 500, to stall, or to break a
+The real gateway cannot be made to return HTTP 503, 401 or 500, to stall, or to break a
 connection on cue, and the client's retry, timeout and error mapping need exactly that. Each
 request takes the next :class:`Reply` from the script (a default reply once the script is
 used up), and the server records every request and every connection it accepted.
@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 STALL_SECONDS = 10.0
-"""Longest time a stalled reply holds its connection, in seconds. A reset of the server ends it sooner."""
+"""Maximum time a stalled reply keeps its connection, in seconds. A reset of the server ends it sooner."""
 
 ROUTER_HEADERS = {
     "x-router-adapter": "math",
@@ -134,7 +134,7 @@ class ScriptedServer:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def script(self, *replies: Reply) -> None:
-        """Answer the next requests with ``replies``, in order."""
+        """Respond to the next requests with ``replies``, in order."""
         with self._lock:
             self._script = list(replies)
 

@@ -59,14 +59,14 @@ def test_image_only_turn_uses_context(service):
     assert decision.text.context_turns == (0,)
 
 
-def test_image_only_turn_without_context_falls_back_no_text(service, without_context):
+def test_image_only_without_context_no_text(service, without_context):
     messages = [user("What is the derivative of x^3 + 2x?"), assistant("3x^2 + 2"), user([IMAGE])]
 
     assert route(service, [user([IMAGE])]).fallback_reason == "no_text"
     assert route(without_context, messages).fallback_reason == "no_text"
 
 
-def test_empty_last_turn_does_not_route_on_older_turn(without_context):
+def test_empty_last_turn_no_text(without_context):
     decision = route(without_context, [user("Write a SQL query joining orders and customers"), user("")])
 
     assert decision.fallback_reason == "no_text"

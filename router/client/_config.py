@@ -8,7 +8,7 @@ from importlib import metadata
 import httpx
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-"""Where ``adapter-router serve`` listens by default."""
+"""Default address of ``adapter-router serve``."""
 
 # A completion without streaming arrives only when generation ends, so the read timeout must
 # cover a whole generation of a real-sized model. Connecting to a running gateway is quick.

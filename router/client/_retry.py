@@ -1,6 +1,6 @@
 """When the client retries a request, and how long it waits in between.
 
-Only failures where the gateway did not process the request, or said it cannot right now,
+Only failures where the gateway did not process the request, or reported that it cannot right now,
 are retried: connection errors (no response arrived) and HTTP 503 (the upstream model server
 is unavailable). A 4xx is the caller's mistake and fails the same way again. A read timeout
 means the gateway may still be generating, so repeating the request would double the work.
@@ -43,7 +43,7 @@ class RetryPolicy:
     initial_backoff : float
         Wait before the first retry, in seconds.
     max_backoff : float
-        Longest wait between two attempts, in seconds.
+        Maximum wait between two attempts, in seconds.
 
     Example::
 
