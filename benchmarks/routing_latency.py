@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -133,7 +134,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def load_texts(path: Path, split: str) -> list[str]:
-    """Read the prompts of ``split`` from a JSONL prompt set."""
+    """Read the prompts of ``split`` from a JSONL prompt set, in a fixed shuffled order.
+
+    The skills prompt set is stored sorted by label, so without the shuffle the first prompts of a
+    split would all come from one domain. With it, any prefix is a sample of every domain.
+    """
     if not path.is_file():
         raise SystemExit(f"prompt set not found: {path}: pass the skills JSONL file with --data")
     texts = []
@@ -144,6 +149,7 @@ def load_texts(path: Path, split: str) -> list[str]:
                 texts.append(record["text"])
     if not texts:
         raise SystemExit(f"no rows with split {split!r} in {path}: check the file's 'split' values")
+    random.Random(0).shuffle(texts)
     return texts
 
 

@@ -4,6 +4,8 @@ This package has no HTTP and treats adapters only as names stored in the artifac
 """
 
 from classifier.artifact import ArtifactError, load_router, read_manifest, save_router
+from classifier.batching import BatchingEmbedder
+from classifier.cascade import CascadeRouter, CascadeStage
 from classifier.decision import ConfidenceMode, FallbackReason, Neighbour, Prediction, Thresholds
 from classifier.domain_router import DomainRouter
 from classifier.embedding import (
@@ -16,11 +18,15 @@ from classifier.exemplars import Exemplar, ExemplarError, load_exemplars
 from classifier.heads import KnnHead, LogisticHead, make_head
 from classifier.index import ExemplarIndex
 from classifier.onnx_embedding import OnnxEmbedder
+from classifier.static_embedding import StaticEmbedder
 from classifier.training import train_router
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "ArtifactError",
+    "BatchingEmbedder",
+    "CascadeRouter",
+    "CascadeStage",
     "ConfidenceMode",
     "DomainRouter",
     "Embedder",
@@ -35,6 +41,7 @@ __all__ = [
     "OnnxEmbedder",
     "Prediction",
     "SentenceEmbedder",
+    "StaticEmbedder",
     "Thresholds",
     "load_exemplars",
     "load_router",

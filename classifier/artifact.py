@@ -5,8 +5,15 @@ Layout::
     router.json        format version, embedding model, head, domains, labels, thresholds,
                        adapter map, training-data hash, library versions
     head.<name>.npy    the head's learned arrays
-    exemplars.faiss    the exemplar embeddings, a flat faiss inner-product index
+    exemplars.faiss    the exemplar embeddings as a faiss inner-product index
     exemplars.jsonl    the exemplars, in index order
+
+``exemplars.faiss`` is an ``IndexFlatIP`` when the router searches its exemplars exactly, and the
+``IndexHNSWFlat`` graph itself when it searches them with HNSW, so loading skips rebuilding the
+graph. ``router.json`` names the structure under ``index.kind``. Both index types return their
+vectors through ``reconstruct_n``, so versions that only read flat indexes still load either
+file, and build their own exact index. An artifact without ``index.kind`` (written before the
+structure was chosen by size) is loaded with ``kind="auto"``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from classifier.decision import ConfidenceMode, Thresholds
 from classifier.domain_router import DomainRouter
 from classifier.embedding import Embedder
 from classifier.exemplars import ExemplarError, load_exemplars
-from classifier.heads import HEADS
+from classifier.heads import HEADS, KnnHead
 from classifier.index import ExemplarIndex
 
 FORMAT = "adapter-router/router"
@@ -55,7 +62,7 @@ def save_router(
     arrays = router.head.to_arrays()
     for name, array in arrays.items():
         np.save(staging / f"head.{name}.npy", array, allow_pickle=False)
-    faiss.write_index(router.index._index, str(staging / "exemplars.faiss"))
+    faiss.write_index(router.index.to_faiss(), str(staging / "exemplars.faiss"))
     with (staging / "exemplars.jsonl").open("w", encoding="utf-8") as stream:
         for exemplar in router.exemplars:
             record = {"text": exemplar.text, "label": exemplar.label, "domain": exemplar.domain}
@@ -105,8 +112,6 @@ def load_router(path: str | Path, embedder: Embedder) -> DomainRouter:
         If files are missing or malformed, or ``embedder`` is not the embedding model the router
         was trained with (the message names both models).
     """
-    import faiss
-
     path = Path(path)
     manifest = read_manifest(path)
     trained_with = manifest["embedding_model"]
@@ -122,13 +127,14 @@ def load_router(path: str | Path, embedder: Embedder) -> DomainRouter:
     if head_class is None:
         raise ArtifactError(f"{path}: unknown head type {head_config['type']!r}")
     try:
+        index = _load_index(path, manifest, embedder.dimension)
         arrays = {
             name: np.load(path / f"head.{name}.npy", allow_pickle=False) for name in head_config["arrays"]
         }
-        head = head_class.from_arrays(head_config["params"], manifest["labels"], arrays)
-        index = ExemplarIndex(
-            faiss.read_index(str(path / "exemplars.faiss")).reconstruct_n(0, manifest["exemplars"])
-        )
+        if head_class is KnnHead:
+            head = KnnHead.from_arrays(head_config["params"], manifest["labels"], arrays, index=index)
+        else:
+            head = head_class.from_arrays(head_config["params"], manifest["labels"], arrays)
         exemplars = load_exemplars(path / "exemplars.jsonl")
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         if isinstance(error, ExemplarError | ArtifactError):
@@ -158,6 +164,21 @@ def load_router(path: str | Path, embedder: Embedder) -> DomainRouter:
     )
 
 
+def _load_index(path: Path, manifest: Mapping[str, Any], dimension: int) -> ExemplarIndex:
+    """Read ``exemplars.faiss`` with the structure ``router.json`` names, ``auto`` if it names none."""
+    import faiss
+
+    kind = manifest.get("index", {}).get("kind", "auto")
+    index = ExemplarIndex.from_faiss(faiss.read_index(str(path / "exemplars.faiss")), kind=kind)
+    if len(index) != manifest["exemplars"] or index.dimension != dimension:
+        raise ArtifactError(
+            f"router artifact {path}: exemplars.faiss contains {len(index)} vectors of dimension "
+            f"{index.dimension}, expected {manifest['exemplars']} of dimension {dimension}: "
+            "retrain the router"
+        )
+    return index
+
+
 def _manifest(router: DomainRouter, array_names: list[str]) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -180,6 +201,7 @@ def _manifest(router: DomainRouter, array_names: list[str]) -> dict[str, Any]:
             "out_of_domain": router.thresholds.out_of_domain,
         },
         "exemplars": len(router.exemplars),
+        "index": router.index.get_params(),
         "training": router.metadata,
         "versions": _library_versions(),
     }

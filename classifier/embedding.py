@@ -77,7 +77,11 @@ class SentenceEmbedder:
     model : str or None
         ``None``/``"default"`` for the packaged all-MiniLM-L6-v2, or a local model folder.
     batch_size : int
-        Texts per forward pass.
+        Maximum number of windows per forward pass.
+    max_batch_tokens : int
+        Maximum number of padded tokens (windows times the longest window's length) per forward
+        pass. A batch of mixed lengths is split into forward passes of similar lengths, because
+        each window is padded to the longest of its pass.
     max_chunks : int
         Most windows embedded per long text; a longer text is sampled evenly from start to end.
 
@@ -88,11 +92,19 @@ class SentenceEmbedder:
     (1, 384)
     """
 
-    def __init__(self, model: str | None = None, *, batch_size: int = 32, max_chunks: int = 8) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        batch_size: int = 32,
+        max_batch_tokens: int = 1024,
+        max_chunks: int = 8,
+    ) -> None:
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
         self.name, self.path = resolve_model_path(model)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_chunks = max_chunks
 
         # Models are read from local folders only; this keeps a missing file from turning into a
@@ -143,14 +155,7 @@ class SentenceEmbedder:
             owners.extend([position] * len(windows))
             chunking.append(Chunking(chunks=len(windows), total_chunks=total))
 
-        vectors = self._model.encode(
-            pieces,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=show_progress,
-        )
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = self._encode_pieces(pieces, show_progress)
         if len(pieces) == len(texts):
             return vectors, chunking
 
@@ -158,6 +163,28 @@ class SentenceEmbedder:
         np.add.at(pooled, np.asarray(owners), vectors)
         pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
         return pooled, chunking
+
+    def _encode_pieces(self, pieces: list[str], show_progress: bool) -> np.ndarray:
+        if len(pieces) == 1 or show_progress:
+            vectors = self._model.encode(
+                pieces,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress,
+            )
+            return np.asarray(vectors, dtype=np.float32)
+
+        lengths = [len(ids) for ids in self._model.tokenizer(pieces, verbose=False)["input_ids"]]
+        vectors = np.empty((len(pieces), self.dimension), dtype=np.float32)
+        for batch in length_batches(lengths, self.batch_size, self.max_batch_tokens):
+            vectors[batch] = self._model.encode(
+                [pieces[i] for i in batch],
+                batch_size=len(batch),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+            )
+        return vectors
 
     def _windows(self, text: str) -> tuple[list[str], int]:
         # A cheap length check first: a word piece covers at least one character, so a text with
@@ -176,6 +203,28 @@ class SentenceEmbedder:
             starts = [starts[i] for i in sorted(set(picks.tolist()))]
         windows = tokenizer.batch_decode([ids[start : start + window] for start in starts])
         return windows, math.ceil(len(ids) / window)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Group positions into forward passes of similar lengths; returns lists of positions.
+
+    Positions are sorted by ``lengths`` and cut into passes of at most ``batch_size`` items and at
+    most ``max_batch_tokens`` padded tokens (items times the pass's longest length). An item
+    longer than ``max_batch_tokens`` gets a pass of its own.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    for position in order:
+        current = batches[-1] if batches else None
+        if (
+            current is None
+            or len(current) >= batch_size
+            or (len(current) + 1) * lengths[position] > max_batch_tokens
+        ):
+            batches.append([position])
+        else:
+            current.append(position)
+    return batches
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,10 @@ class LogisticHead:
 
 
 class KnnHead:
-    """k-nearest-neighbour vote over the exemplars, searched exactly with faiss.
+    """k-nearest-neighbour vote over the exemplars, searched with an :class:`ExemplarIndex`.
+
+    The index structure follows the exemplar count (``kind="auto"``): exact search below
+    ``classifier.index.HNSW_MIN_EXEMPLARS`` exemplars, an approximate HNSW graph from there on.
 
     Each of the ``k`` nearest exemplars votes for its label with weight
     ``exp(similarity / temperature)``; the votes are normalised to sum to 1.
@@ -142,7 +145,7 @@ class KnnHead:
     ----------
     classes_ : ndarray of shape (n_classes,)
     index_ : ExemplarIndex
-        The exemplar embeddings.
+        The exemplar embeddings; a loaded router may share it with its own exemplar index.
     label_ids_ : ndarray of shape (n_exemplars,)
         Column of ``classes_`` for each exemplar.
     """
@@ -187,13 +190,36 @@ class KnnHead:
 
     @classmethod
     def from_arrays(
-        cls, params: Mapping[str, Any], classes: Sequence[str], arrays: Mapping[str, np.ndarray]
+        cls,
+        params: Mapping[str, Any],
+        classes: Sequence[str],
+        arrays: Mapping[str, np.ndarray],
+        *,
+        index: ExemplarIndex | None = None,
     ) -> KnnHead:
-        """Rebuild a fitted head from ``get_params()``, label names and ``to_arrays()``."""
+        """Rebuild a fitted head from ``get_params()``, label names and ``to_arrays()``.
+
+        ``index``, when it contains exactly ``arrays["embeddings"]`` in the same order, is shared
+        instead of building a second index: an HNSW graph over 100,000 exemplars took 30 to 70
+        seconds to build on one thread of a busy 2-vCPU machine (``benchmarks/exemplar_search.py``).
+        Any other ``index`` is ignored.
+        """
         head = cls(**params)
         head.classes_ = np.asarray(classes, dtype=str)
         head.label_ids_ = np.asarray(arrays["label_ids"], dtype=np.int64)
-        head.index_ = ExemplarIndex(np.asarray(arrays["embeddings"], dtype=np.float32))
+        embeddings = np.asarray(arrays["embeddings"], dtype=np.float32)
+        if (
+            index is not None
+            and len(index) == len(embeddings)
+            and np.array_equal(index.vectors(), embeddings)
+        ):
+            head.index_ = index
+        else:
+            head.index_ = ExemplarIndex(embeddings)
+        if len(head.label_ids_) != len(head.index_):
+            raise ValueError(
+                f"k-NN head has {len(head.label_ids_)} label ids for {len(head.index_)} exemplar vectors"
+            )
         return head
 
 

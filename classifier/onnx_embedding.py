@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.embedding import Chunking, EmbeddingModelError, resolve_model_path
+from classifier.embedding import Chunking, EmbeddingModelError, length_batches, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ class OnnxEmbedder:
             chunking.append(Chunking(chunks=len(text_windows), total_chunks=total))
 
         vectors = np.empty((len(windows), self.dimension), dtype=np.float32)
-        for batch in self._batches(windows):
+        for batch in length_batches(
+            [len(window) for window in windows], self.batch_size, self.max_batch_tokens
+        ):
             vectors[batch] = self._embed_batch([windows[i] for i in batch])
 
         if len(windows) == len(texts):
@@ -145,28 +147,6 @@ class OnnxEmbedder:
         np.add.at(pooled, np.asarray(owners), vectors)
         pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
         return pooled, chunking
-
-    def _batches(self, windows: list[list[int]]) -> list[list[int]]:
-        """Group window positions by length, each batch within ``batch_size`` and ``max_batch_tokens``.
-
-        Every window of a batch is padded to its longest one, so one long window in a batch of
-        short ones multiplies the work. Sorting by length and capping the padded size keeps
-        batches of similar lengths.
-        """
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        batches: list[list[int]] = []
-        for position in order:
-            length = len(windows[position])
-            current = batches[-1] if batches else None
-            if (
-                current is None
-                or len(current) >= self.batch_size
-                or (len(current) + 1) * length > self.max_batch_tokens
-            ):
-                batches.append([position])
-            else:
-                current.append(position)
-        return batches
 
     def _windows(self, text: str) -> tuple[list[list[int]], int]:
         """Split ``text`` into windows of word-piece ids, each wrapped in [CLS] ... [SEP]."""

@@ -23,6 +23,7 @@ from classifier import (
     DomainRouter,
     Embedder,
     Exemplar,
+    OnnxEmbedder,
     SentenceEmbedder,
     Thresholds,
     load_router,
@@ -42,7 +43,14 @@ logger = logging.getLogger(__name__)
 
 SOURCE_KEYS = ("router", "config", "url")
 TRAINING_KEYS = ("head", "embedding_model")
-OVERRIDE_KEYS = ("confidence_mode", "confidence_threshold", "out_of_domain_threshold", "context_turns")
+OVERRIDE_KEYS = (
+    "confidence_mode",
+    "confidence_threshold",
+    "out_of_domain_threshold",
+    "context_turns",
+    "embedding_backend",
+)
+EMBEDDING_BACKENDS = ("pytorch", "onnx", "onnx-int8")
 SPEC_KEYS = ("name", *SOURCE_KEYS, *TRAINING_KEYS, *OVERRIDE_KEYS)
 
 
@@ -52,7 +60,9 @@ class RouterSpec:
 
     Exactly one of ``router``, ``config``, ``url`` and ``train_split`` is set. ``head`` and
     ``embedding_model`` apply to training only; the threshold and confidence-mode overrides
-    apply to every local router.
+    apply to every local router. ``embedding_backend`` embeds with that backend of the router's
+    embedding model while keeping the router's head, so that a comparison shows what the backend
+    alone changes.
     """
 
     name: str | None = None
@@ -66,6 +76,7 @@ class RouterSpec:
     confidence_threshold: float | None = None
     out_of_domain_threshold: float | None = None
     context_turns: int | None = None
+    embedding_backend: str | None = None
 
     def display_name(self) -> str:
         """Return the row name: ``name``, or a short form of the source and overrides."""
@@ -97,6 +108,10 @@ class RouterSpec:
             raise EvalError(
                 "head and embedding_model need a router trained here: add --train-split SPLIT, "
                 "or compare another artifact with router=DIR"
+            )
+        if self.embedding_backend is not None and self.embedding_backend not in EMBEDDING_BACKENDS:
+            raise EvalError(
+                f"invalid embedding_backend {self.embedding_backend!r}: use {' or '.join(EMBEDDING_BACKENDS)}"
             )
         if self.confidence_mode is not None and self.confidence_mode not in {m.value for m in ConfidenceMode}:
             raise EvalError(
@@ -207,6 +222,9 @@ class RouterBuilder:
             adapters, source = {}, {"data": str(self.data_path), "train_split": spec.train_split}
 
         router = with_overrides(router, spec)
+        if spec.embedding_backend is not None:
+            router = router.with_thresholds(router.thresholds)
+            router.embedder = self._backend_embedder(router.embedding_model, spec.embedding_backend)
         if spec.context_turns is not None:
             conversation = conversation.model_copy(update={"context_turns": spec.context_turns})
         return LocalRouter(
@@ -278,6 +296,15 @@ class RouterBuilder:
         if name not in self._embedders:
             self._embedders[name] = CachingEmbedder(SentenceEmbedder(model))
         return self._embedders[name]
+
+    def _backend_embedder(self, model: str, backend: str) -> CachingEmbedder:
+        if backend == "pytorch":
+            return self._embedder(model)
+        key = f"{backend}:{resolve_model_path(model)[0]}"
+        if key not in self._embedders:
+            embedder = OnnxEmbedder(model, quantize=backend == "onnx-int8")
+            self._embedders[key] = CachingEmbedder(embedder)
+        return self._embedders[key]
 
 
 def _uncached(embedder: Embedder) -> Embedder:

@@ -257,3 +257,16 @@ def guarded_gateway(
     )
     yield server
     server.stop()
+
+
+from classifier.static_embedding import StaticEmbedder  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def static_embedder(router_cache: Path) -> StaticEmbedder:
+    """Static embeddings distilled from the packaged all-MiniLM-L6-v2, over its whole vocabulary.
+
+    Distilled once per session (about 15 s on one core) into ``router_cache``, where the session's
+    routers built with ``cascade_threshold`` find the cached table.
+    """
+    return StaticEmbedder(cache_dir=str(router_cache / "static"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from classifier import SentenceEmbedder
+from classifier.embedding import length_batches
 from classifier.onnx_embedding import OnnxEmbedder
 
 TEXTS = [
@@ -71,16 +72,15 @@ def test_empty_input_returns_empty_array(onnx_cache: Path) -> None:
     assert chunking == []
 
 
-def test_batches_respect_token_cap(onnx_cache: Path) -> None:
-    onnx = OnnxEmbedder(cache_dir=str(onnx_cache), batch_size=3, max_batch_tokens=40)
-    windows = [[0] * length for length in (30, 5, 6, 5, 7, 5)]
+def test_length_batches_respect_token_cap() -> None:
+    lengths = [30, 5, 6, 5, 7, 5]
 
-    batches = onnx._batches(windows)
+    batches = length_batches(lengths, batch_size=3, max_batch_tokens=40)
 
     assert batches == [[1, 3, 5], [2, 4], [0]]
     for batch in batches:
         assert len(batch) <= 3
-        assert len(batch) * max(len(windows[i]) for i in batch) <= 40
+        assert len(batch) * max(lengths[i] for i in batch) <= 40
 
 
 def test_config_selects_onnx_backend(onnx_cache: Path, tmp_path: Path) -> None:
@@ -101,7 +101,62 @@ def test_config_selects_onnx_backend(onnx_cache: Path, tmp_path: Path) -> None:
 
     router = build_domain_router(settings, {})
 
-    assert isinstance(router.embedder, OnnxEmbedder)
+    assert isinstance(router.embedder.embedder, OnnxEmbedder)  # inside the micro-batching wrapper
     assert router.embedder.quantize is True
     assert (onnx_cache / "onnx").is_dir()
     assert router.predict(["Solve for x: 7x - 2 = 19"])[0].domain == "algebra"
+
+
+def test_eval_compares_onnx_backend(
+    onnx_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router.cli import main
+
+    # The eval command exports to ~/.cache/adapter-router/onnx: point it at this module's exports.
+    (tmp_path / ".cache" / "adapter-router").mkdir(parents=True)
+    (tmp_path / ".cache" / "adapter-router" / "onnx").symlink_to(onnx_cache)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    fixtures = Path(__file__).with_name("fixtures")
+
+    status = main(
+        [
+            "eval",
+            str(fixtures / "eval_small.jsonl"),
+            "--split",
+            "test",
+            "--train-split",
+            "train",
+            "--label-map",
+            str(fixtures / "eval_label_map.json"),
+            "--fallback-label",
+            "general",
+            "--latency-samples",
+            "4",
+            "--compare",
+            "embedding_backend=onnx-int8",
+            "--json",
+        ]
+    )
+
+    routers = json.loads(capsys.readouterr().out)["routers"]
+    assert status == 0
+    assert [router["name"] for router in routers] == [
+        "trained on train",
+        "trained on train, embedding_backend=onnx-int8",
+    ]
+    assert routers[1]["metrics"]["records"] == routers[0]["metrics"]["records"]
+    assert abs(routers[1]["metrics"]["accuracy"] - routers[0]["metrics"]["accuracy"]) <= 0.2
+
+
+def test_eval_rejects_unknown_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    from router.cli import main
+
+    data = Path(__file__).with_name("fixtures") / "eval_small.jsonl"
+    status = main(
+        ["eval", str(data), "--split", "test", "--train-split", "train", "--compare", "embedding_backend=tpu"]
+    )
+
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "invalid embedding_backend 'tpu'" in error
+    assert len(error.strip().splitlines()) == 1
