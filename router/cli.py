@@ -1,12 +1,14 @@
-"""The ``adapter-router`` command: serve, serve-model, train, route."""
+"""The ``adapter-router`` command: serve, serve-model, train, route, install-adapter."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from classifier import ArtifactError, EmbeddingModelError, ExemplarError
@@ -124,6 +126,28 @@ def _build_parser() -> argparse.ArgumentParser:
     route.add_argument("--json", action="store_true", help="print the decision as JSON")
     route.set_defaults(handler=_route)
 
+    install = commands.add_parser(
+        "install-adapter",
+        help="install an adapter file into a model folder by atomic rename, checking its sha256",
+        description="Copy SRC to a temporary file next to MODEL/adapters/NAME.onnx_adapter, check its "
+        "sha256, flush it to disk and rename it over the old file, which is never written in place "
+        "(a running gateway memory-maps it). The adapter's line in SHA256SUMS is updated the same way. "
+        "Then reload the gateway (SIGHUP or POST /admin/reload) to serve the new file.",
+    )
+    install.add_argument("source", metavar="SRC", help="the .onnx_adapter file to install")
+    install.add_argument(
+        "--model",
+        required=True,
+        help="exported model folder; the file goes to MODEL/adapters/NAME.onnx_adapter",
+    )
+    install.add_argument("--name", required=True, help="adapter name, as the config's adapters map names it")
+    install.add_argument(
+        "--sha256",
+        type=_sha256_hex,
+        help="expected sha256 of SRC (64 hex digits); on a mismatch nothing is installed",
+    )
+    install.set_defaults(handler=_install_adapter)
+
     from evals.cli import add_eval_commands
 
     add_eval_commands(commands)
@@ -214,6 +238,31 @@ def _routing_service(args: argparse.Namespace):
         base_model=config.backend.base_model_name,
         routing_alias=config.server.routing_alias,
     )
+
+
+def _install_adapter(args: argparse.Namespace) -> int:
+    from router.adapter_checksums import install_adapter
+
+    try:
+        installed = install_adapter(
+            Path(args.source), Path(args.model), args.name, expected_sha256=args.sha256
+        )
+    except OSError as error:
+        raise ConfigError(
+            f"cannot install {args.source} as adapter {args.name}: {error.strerror or error} "
+            f"({error.filename or args.model}): check the paths and their permissions"
+        ) from None
+    print(f"installed {args.source} as {installed.path} (sha256 {installed.sha256})")
+    for checksums in installed.checksum_files:
+        print(f"updated the line for {installed.path.name} in {checksums}")
+    print("reload the gateway to serve it: send it SIGHUP, or POST /admin/reload with an admin key")
+    return 0
+
+
+def _sha256_hex(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a sha256 digest: give 64 hexadecimal digits")
+    return value.lower()
 
 
 def _artifact_embedding_model(artifact: str) -> str:

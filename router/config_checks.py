@@ -10,19 +10,29 @@ import json
 from pathlib import Path
 
 from classifier import load_exemplars
+from classifier.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingModelError, resolve_model_path
 from classifier.exemplars import ExemplarError
 from router.config import ConfigError, EmbeddedBackendSettings, GatewayConfig
 
 
 def check_config_files(config: GatewayConfig) -> None:
-    """Check that every domain has an adapter and every embedded adapter file exists.
+    """Check that every domain has an adapter, every embedded adapter file exists, and the
+    configured embedding model is the one the router artifact was trained with.
+
+    No model is loaded: the embedding models are compared by name, as the artifact loader
+    compares them.
 
     Raises
     ------
     ConfigError
-        With one line per domain without an adapter and per missing adapter file.
+        With one line per domain without an adapter, per missing adapter file, and for an
+        embedding model that is not the artifact's.
     """
-    problems = [*_domains_without_adapter(config), *_missing_adapter_files(config)]
+    problems = [
+        *_domains_without_adapter(config),
+        *_missing_adapter_files(config),
+        *_embedding_model_mismatch(config),
+    ]
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -43,6 +53,31 @@ def _domains_without_adapter(config: GatewayConfig) -> list[str]:
         f"add '{domain}: <adapter name>' under adapters ('{domain}: null' serves it with the base model), "
         "or list it in router.fallback_domains"
         for domain in missing
+    ]
+
+
+def _embedding_model_mismatch(config: GatewayConfig) -> list[str]:
+    settings = config.router
+    if settings.artifact is None:
+        return []  # a router trained from exemplars at start uses the configured model
+    try:
+        manifest = json.loads((Path(settings.artifact) / "router.json").read_text(encoding="utf-8"))
+        trained_with = str(manifest["embedding_model"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # the artifact loader reports an unreadable artifact, naming the file
+    try:
+        configured, _ = resolve_model_path(settings.embedding_model)
+    except EmbeddingModelError as error:
+        return [f"router.embedding_model: {error}"]
+    if configured == trained_with:
+        return []
+
+    setting = "default" if trained_with == DEFAULT_EMBEDDING_MODEL else trained_with
+    return [
+        f"router.embedding_model: the router artifact {settings.artifact} was trained with the "
+        f"embedding model {trained_with}, but the config names {configured}: set "
+        f"router.embedding_model to {setting}, or train a router with the configured model "
+        "(adapter-router train)"
     ]
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from classifier import DomainRouter, FallbackReason, Prediction
+from classifier.cascade import CascadeRouter, CascadeStage
 from classifier.embedding import Chunking
 from router.routing_text import RoutingInput
 
@@ -30,7 +31,8 @@ class TextReport:
     """The text the router read: which turns, how many characters, and whether any text was left out.
 
     ``basis`` is ``request`` (the latest request alone), ``request+context`` (with earlier turns),
-    ``context`` (earlier turns only, because the latest turn has no text) or ``none``.
+    ``context`` (earlier turns only, because the latest turn has no text) or ``none``. ``stage`` is
+    the cascade stage whose embedding decided, ``None`` when no text was classified.
     """
 
     basis: Basis
@@ -39,6 +41,7 @@ class TextReport:
     chars: int
     chunks: int
     total_chunks: int
+    stage: CascadeStage | None = CascadeStage.TRANSFORMER
 
     @property
     def truncated(self) -> bool:
@@ -58,7 +61,17 @@ class TextReport:
         }
 
 
-NO_TEXT_REPORT = TextReport("none", None, (), 0, 0, 0)
+NO_TEXT_REPORT = TextReport("none", None, (), 0, 0, 0, stage=None)
+
+
+def predict_static_request(domain_router: DomainRouter, request: str) -> Prediction | None:
+    """Return the static stage's prediction of ``request`` where it is confident, else ``None``.
+
+    Always ``None`` for a router without a static stage (not a :class:`CascadeRouter`).
+    """
+    if not isinstance(domain_router, CascadeRouter) or not request.strip():
+        return None
+    return domain_router.predict_static([request])[0]
 
 
 def predict_conversation(
@@ -75,6 +88,8 @@ def predict_conversation(
     Parameters
     ----------
     domain_router : DomainRouter
+        With a :class:`CascadeRouter`, a confident static prediction of the request is used
+        without running the transformer, where the request would decide alone.
     routing_input : RoutingInput
     decay : float
         Weight of each earlier turn relative to the next later one, in (0, 1].
@@ -92,6 +107,11 @@ def predict_conversation(
     texts += list(context)
     if not texts:
         return None, NO_TEXT_REPORT
+
+    static = predict_static_request(domain_router, routing_input.request)
+    # A static prediction skips the transformer only where the request would decide alone.
+    if static is not None and (not context or static.confidence >= context_threshold):
+        return static, _report("request", routing_input, texts[:1], [Chunking(1, 1)], CascadeStage.STATIC)
 
     embeddings, chunking = domain_router.embedder.encode_chunked(texts)
     if not has_request:
@@ -124,7 +144,11 @@ def _weighted_sum(embeddings: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _report(
-    basis: Basis, routing_input: RoutingInput, texts: list[str], chunking: list[Chunking]
+    basis: Basis,
+    routing_input: RoutingInput,
+    texts: list[str],
+    chunking: list[Chunking],
+    stage: CascadeStage = CascadeStage.TRANSFORMER,
 ) -> TextReport:
     uses_request = basis != "context"
     context_count = len(texts) - (1 if uses_request else 0)
@@ -135,4 +159,5 @@ def _report(
         chars=sum(len(text) for text in texts),
         chunks=sum(c.chunks for c in chunking),
         total_chunks=sum(c.total_chunks for c in chunking),
+        stage=stage,
     )

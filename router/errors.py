@@ -126,10 +126,10 @@ class RequestTimeoutError(GatewayError):
 
 
 class AdapterUnavailableError(GatewayError):
-    """The upstream does not serve the adapter a request was routed to (HTTP 404).
+    """The backend cannot serve the adapter a request was routed to (HTTP 404).
 
-    The gateway catches it and serves the request on the base model when
-    ``backend.adapter_unavailable`` is ``fallback``.
+    Backends raise it only when ``backend.adapter_unavailable`` is ``fallback``, and the gateway
+    catches it and serves the request on the base model.
     """
 
     status_code = 404
@@ -139,3 +139,15 @@ class AdapterUnavailableError(GatewayError):
     def __init__(self, adapter: str, message: str) -> None:
         super().__init__(message)
         self.adapter = adapter
+
+
+class AdapterFailedError(GatewayError):
+    """The embedded backend cannot use the adapter a request was routed to (HTTP 503).
+
+    Raised instead of :class:`AdapterUnavailableError` when ``backend.adapter_unavailable`` is
+    ``error``, so the request is not served on the base model.
+    """
+
+    status_code = 503
+    error_type = "server_error"
+    code = "adapter_unavailable"

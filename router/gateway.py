@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
+from router.adapter_checksums import check_adapter_checksums
 from router.backends.base import Backend, BackendCall, BackendResult
 from router.backends.embedded import EmbeddedBackend
 from router.backends.upstream import UpstreamBackend
@@ -26,6 +27,7 @@ from router.protocol import (
 from router.router_loader import build_domain_router
 from router.routing import RouteDecision, RoutingService
 from router.routing_text import completion_routing_text
+from router.sessions import SessionStore
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,23 @@ class Gateway:
     backend : Backend
     server : ServerSettings, optional
         The HTTP limits and API keys; the defaults of :class:`ServerSettings` when omitted.
+    adapter_sha256 : mapping of str to str, optional
+        The sha256 of each embedded adapter file when the backend loaded it. A reload compares
+        the files against it to tell whether the backend must load them again.
     """
 
     def __init__(
-        self, routing: RoutingService, backend: Backend, *, server: ServerSettings | None = None
+        self,
+        routing: RoutingService,
+        backend: Backend,
+        *,
+        server: ServerSettings | None = None,
+        adapter_sha256: Mapping[str, str] | None = None,
     ) -> None:
         self.routing = routing
         self.backend = backend
         self.server = server or ServerSettings()
+        self.adapter_sha256 = dict(adapter_sha256 or {})
         self.max_body_bytes = self.server.max_body_bytes
         self._unavailable_log = LogThrottle(ADAPTER_UNAVAILABLE_LOG_SECONDS)
 
@@ -171,22 +182,23 @@ class Gateway:
             fallback = dataclasses.replace(
                 decision, model=self.routing.base_model, adapter=None, fallback_reason="adapter_unavailable"
             )
-            self._log_adapter_unavailable(error.adapter, request_id)
+            self._log_adapter_unavailable(error, request_id)
             result = await method(BackendCall(params, body, fallback.model, None, request_id))
             return result, fallback
 
-    def _log_adapter_unavailable(self, adapter: str, request_id: str) -> None:
-        skipped = self._unavailable_log.skipped_if_due(adapter)
+    def _log_adapter_unavailable(self, error: AdapterUnavailableError, request_id: str) -> None:
+        skipped = self._unavailable_log.skipped_if_due(error.adapter)
         if skipped is None:
             return
         logger.warning(
-            "request %s: the upstream does not serve adapter %s, so the base model %s serves it "
-            "(fallback adapter_unavailable; %d more such requests since the last line about %s)",
+            "request %s: adapter %s is unavailable, so the base model %s serves the request "
+            "(fallback adapter_unavailable; %d more such requests since the last line about %s): %s",
             request_id,
-            adapter,
+            error.adapter,
             self.routing.base_model,
             skipped,
-            adapter,
+            error.adapter,
+            error.message,
         )
 
 
@@ -198,12 +210,37 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     Raises
     ------
     ConfigError
-        If model names collide, a domain has no adapter, an adapter file is missing, or the
-        backend cannot be set up.
+        If model names collide, a domain has no adapter, an adapter file is missing or does not
+        match its sha256 pin, or the backend cannot be set up.
+    """
+    adapter_sha256 = check_gateway_config(config)
+    routing = build_routing(config)
+    backend = build_backend(config, routing.adapter_names)
+    return Gateway(routing, backend, server=config.server, adapter_sha256=adapter_sha256)
+
+
+def check_gateway_config(config: GatewayConfig) -> dict[str, str]:
+    """Run the checks that load no model, and return the sha256 of each embedded adapter file.
+
+    Blocking: reads the router's domains and hashes the adapter files.
+
+    Raises
+    ------
+    ConfigError
+        If model names collide, a domain has no adapter, or an adapter file is missing or does
+        not match its sha256 pin.
     """
     _check_model_names(config)
     check_config_files(config)
+    return check_adapter_checksums(config)
 
+
+def build_routing(config: GatewayConfig, *, session_store: SessionStore | None = None) -> RoutingService:
+    """Train or load the router ``config`` describes and wrap it in the routing policy.
+
+    Blocking: loads the embedding model and the router. ``session_store`` keeps the sticky
+    sessions of a previous routing service. Without it, a new in-memory store is made.
+    """
     logger.info(
         "building the router (%s)", config.router.artifact or f"exemplars in {config.router.exemplars}"
     )
@@ -212,7 +249,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     )
     domain_router.predict(["warm-up"])  # loads the embedding model's lazy parts before the first request
     logger.info("router ready: domains %s", ", ".join(domain_router.domains))
-    routing = RoutingService(
+    return RoutingService(
         domain_router,
         config.adapters,
         base_model=config.backend.base_model_name,
@@ -220,20 +257,24 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         log_prompts=config.server.log_prompts,
         conversation=config.conversation,
         sessions=config.sessions,
+        session_store=session_store,
     )
 
-    backend: Backend
+
+def build_backend(config: GatewayConfig, adapter_names: list[str]) -> Backend:
+    """Make the backend ``config`` describes. An embedded backend loads its model and ``adapter_names``.
+
+    Blocking for the embedded backend, which dry-runs every adapter. The backend is not started.
+    """
     if isinstance(config.backend, EmbeddedBackendSettings):
         logger.info(
             "loading the embedded backend: %s with adapters %s",
             config.backend.model,
-            ", ".join(routing.adapter_names),
+            ", ".join(adapter_names),
         )
-        backend = EmbeddedBackend.from_settings(config.backend, routing.adapter_names)
-    else:
-        logger.info("using the upstream backend at %s", config.backend.url)
-        backend = UpstreamBackend(config.backend)
-    return Gateway(routing, backend, server=config.server)
+        return EmbeddedBackend.from_settings(config.backend, adapter_names)
+    logger.info("using the upstream backend at %s", config.backend.url)
+    return UpstreamBackend(config.backend)
 
 
 def _check_model_names(config: GatewayConfig) -> None:

@@ -7,6 +7,7 @@ block, so the servers call them from worker threads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -41,6 +42,19 @@ class GenerationFailedError(RuntimeError):
     """onnxruntime-genai failed while generating."""
 
 
+class AdapterError(GenerationFailedError):
+    """A loaded adapter cannot be used: its file was removed or changed since it was loaded, or
+    activating it failed.
+
+    ``reason`` completes "adapter '<adapter>' cannot be used: ..." and names the fix.
+    """
+
+    def __init__(self, adapter: str, reason: str) -> None:
+        super().__init__(f"adapter '{adapter}' cannot be used: {reason}")
+        self.adapter = adapter
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """Sampling settings of one completion.
@@ -59,6 +73,31 @@ class SamplingOptions:
     def greedy(self) -> bool:
         """Whether the most likely token is always taken."""
         return self.temperature == 0 or self.top_p == 0
+
+
+@dataclass(frozen=True)
+class _FileIdentity:
+    """A file's device, inode, size and modification time, which change when its bytes are replaced."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> _FileIdentity:
+        status = path.stat()
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@dataclass
+class _AdapterFile:
+    """An adapter's file as it was loaded, and the last identities its check accepted and rejected."""
+
+    path: Path
+    sha256: str
+    accepted: _FileIdentity
+    rejected: tuple[_FileIdentity, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,9 +141,10 @@ class GenaiEngine:
                 f"no genai_config.json in {self.model_dir}: point the model setting at a folder "
                 "exported by the onnxruntime-genai model builder"
             )
-        self.context_length = int(
-            json.loads(config_file.read_text(encoding="utf-8"))["model"]["context_length"]
-        )
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))["model"]
+        self.context_length = int(model_config["context_length"])
+        self.vocab_size = int(model_config["vocab_size"])
+        """Token ids run from 0 to ``vocab_size - 1``. Other ids fail in the model's embedding lookup."""
 
         logger.info("loading onnxruntime-genai model %s", self.model_dir)
         try:
@@ -122,6 +162,8 @@ class GenaiEngine:
 
         self._adapters = og.Adapters(self._model)
         self.adapter_names: tuple[str, ...] = tuple(sorted(adapter_files))
+        self._adapter_files: dict[str, _AdapterFile] = {}
+        self._adapter_files_lock = threading.Lock()
         self._verify(None)
         for name in self.adapter_names:
             self._load_adapter(name, Path(adapter_files[name]))
@@ -140,6 +182,52 @@ class GenaiEngine:
             tools=json.dumps(list(tools)) if tools else None,
             add_generation_prompt=True,
         )
+
+    def check_adapter(self, name: str) -> None:
+        """Check that adapter ``name``'s file still contains the bytes that were loaded from it.
+
+        The loaded adapter keeps working from memory when its file is removed or replaced, but
+        its file is what operators and reloads see, so an adapter whose file is gone or has other
+        bytes is not served. Each call stats the file; the file is hashed again only when its
+        device, inode, size or modification time changed. Safe to call from several threads.
+
+        Raises
+        ------
+        AdapterError
+            If ``name`` is not loaded, or its file is missing, unreadable, or has another sha256.
+        """
+        loaded = self._adapter_files.get(name)
+        if loaded is None:
+            raise AdapterError(name, f"it is not loaded: use one of {', '.join(self.adapter_names)}")
+        try:
+            identity = _FileIdentity.of(loaded.path)
+        except OSError as error:
+            raise AdapterError(
+                name, f"its file {loaded.path} is gone ({error.strerror}): restore the file"
+            ) from None
+        with self._adapter_files_lock:
+            if identity == loaded.accepted:
+                return
+            if loaded.rejected is not None and loaded.rejected[0] == identity:
+                raise AdapterError(name, loaded.rejected[1])
+
+        try:
+            digest = _file_sha256(loaded.path)
+        except OSError as error:
+            raise AdapterError(
+                name, f"its file {loaded.path} cannot be read ({error.strerror}): restore the file"
+            ) from None
+        with self._adapter_files_lock:
+            if digest == loaded.sha256:
+                loaded.accepted = identity
+                return
+            reason = (
+                f"its file {loaded.path} changed after it was loaded (sha256 {digest}, loaded "
+                f"{loaded.sha256}): restart or reload the gateway to load the new file, or restore "
+                "the loaded one"
+            )
+            loaded.rejected = (identity, reason)
+        raise AdapterError(name, reason)
 
     def encode(self, text: str) -> list[int]:
         """Return the token ids of ``text`` (no BOS token is added)."""
@@ -162,8 +250,10 @@ class GenaiEngine:
         ------
         PromptTooLongError
             If the prompt leaves no room for a generated token.
+        AdapterError
+            If activating ``adapter`` fails.
         GenerationFailedError
-            If onnxruntime-genai fails.
+            If onnxruntime-genai fails otherwise.
         """
         if len(prompt_ids) >= self.context_length:
             raise PromptTooLongError(
@@ -172,6 +262,8 @@ class GenaiEngine:
             )
         try:
             generator = self._generator(prompt_ids, adapter, options)
+        except AdapterError:
+            raise
         except RuntimeError as error:
             raise GenerationFailedError(
                 f"generation with {adapter or 'the base model'} failed: {error}"
@@ -232,7 +324,12 @@ class GenaiEngine:
 
         generator = og.Generator(self._model, params)
         if adapter is not None:
-            generator.set_active_adapter(self._adapters, adapter)
+            try:
+                generator.set_active_adapter(self._adapters, adapter)
+            except RuntimeError as error:
+                raise AdapterError(
+                    adapter, f"activating it failed: {str(error).strip().rstrip('.')}"
+                ) from None
         generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
         return generator
 
@@ -242,11 +339,14 @@ class GenaiEngine:
                 f"adapter file for '{name}' not found: {path}: export the adapter there or set its path "
                 "under backend.adapter_files"
             )
+        identity = _FileIdentity.of(path)
+        digest = _file_sha256(path)
         try:
             self._adapters.load(str(path), name)
         except RuntimeError as error:
             raise ModelLoadError(f"cannot load adapter '{name}' from {path}: {error}") from None
         self._verify(name, path)
+        self._adapter_files[name] = _AdapterFile(path, digest, identity)
         logger.info("loaded adapter %s from %s (one-token dry run passed)", name, path)
 
     def _verify(self, adapter: str | None, path: Path | None = None) -> None:
@@ -262,6 +362,14 @@ class GenaiEngine:
                 f"adapter '{adapter}' ({path}) does not fit the model in {self.model_dir}: its dry run "
                 f"failed: {str(error).strip().rstrip('.')}. Export the adapter for this model."
             ) from None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _plain_message(message: Mapping[str, Any]) -> dict[str, Any]:

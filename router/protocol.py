@@ -416,6 +416,8 @@ class RouteResponse(_Response):
     nearest: list[NeighbourInfo]
     routing_ms: float
     routing_text: RoutingTextInfo | None
+    stage: Literal["static", "transformer"] | None = None
+    """The embedding that classified the request, ``static`` (cascade) or ``transformer``; else ``None``."""
     sticky: bool
 
 

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from classifier import (
+    BatchingEmbedder,
     DomainRouter,
     Embedder,
     OnnxEmbedder,
@@ -17,7 +18,9 @@ from classifier import (
     save_router,
     train_router,
 )
+from classifier.cascade import CascadeRouter
 from classifier.exemplars import exemplars_digest
+from classifier.static_embedding import StaticEmbedder
 from router.config import RouterSettings
 
 logger = logging.getLogger(__name__)
@@ -38,18 +41,86 @@ def build_domain_router(
         logger.info("loaded router artifact %s", settings.artifact)
     else:
         domain_router = _trained_or_cached(settings, embedder, adapters)
-    return domain_router.with_thresholds(_thresholds(settings, domain_router.thresholds))
+    domain_router = domain_router.with_thresholds(_thresholds(settings, domain_router.thresholds))
+    if settings.cascade_threshold is not None:
+        domain_router = build_cascade(domain_router, settings, threshold=settings.cascade_threshold)
+    return domain_router
+
+
+def build_cascade(
+    domain_router: DomainRouter, settings: RouterSettings, *, threshold: float
+) -> CascadeRouter:
+    """Put a static-embedding stage, trained on ``domain_router``'s exemplars, in front of it.
+
+    The static stage decides where its confidence is at least ``threshold``. Its table is
+    distilled from ``settings.embedding_model`` at first use and its router trained once. Both
+    are cached under ``cache_dir``, so later starts load them.
+    """
+    cache_dir = Path(settings.cache_dir).expanduser()
+    static_embedder = StaticEmbedder(settings.embedding_model, cache_dir=str(cache_dir / "static"))
+    static_router = _static_router(domain_router, static_embedder, cache_dir)
+    logger.info("routing through the static-embedding cascade at confidence %s", threshold)
+    return CascadeRouter(domain_router, static_router, threshold=threshold)
+
+
+def _static_router(domain_router: DomainRouter, embedder: StaticEmbedder, cache_dir: Path) -> DomainRouter:
+    """Train the static stage with the head and fallback domains of ``domain_router``, or load it."""
+    head = domain_router.head
+    fallback_domains = sorted(domain_router.fallback_domains)
+    table = embedder.table_path
+    key = hashlib.sha256(
+        f"{exemplars_digest(domain_router.exemplars)}|{embedder.name}|{table.parent.name}/{table.name}|"
+        f"{head.kind}|{sorted(head.get_params().items())}|{fallback_domains}|{domain_router.confidence_mode}".encode()
+    ).hexdigest()[:16]
+    cache = cache_dir / "routers" / f"static-{key}"
+
+    if (cache / "router.json").is_file():
+        logger.info("loading cached static router %s", cache)
+        return load_router(cache, embedder)
+
+    logger.info("training the static router on %d exemplars", len(domain_router.exemplars))
+    static_router = train_router(
+        domain_router.exemplars,
+        embedder,
+        head=head.kind,
+        head_params=head.get_params(),
+        thresholds=domain_router.thresholds,
+        fallback_domains=fallback_domains,
+        confidence_mode=domain_router.confidence_mode,
+    )
+    try:
+        save_router(static_router, cache)
+    except OSError as error:
+        logger.warning(
+            "cannot cache the static router in %s (%s): it will be retrained at next start", cache, error
+        )
+    return static_router
 
 
 def make_embedder(settings: RouterSettings, *, max_chunks: int = 8) -> Embedder:
-    """Return the embedding model ``settings`` names, on the configured backend."""
+    """Return the embedding model ``settings`` names, on the configured backend.
+
+    With ``settings.batching.enabled``, concurrent calls share batches (:class:`BatchingEmbedder`).
+    """
+    embedder: Embedder
     if settings.embedding_backend == "pytorch":
-        return SentenceEmbedder(settings.embedding_model, max_chunks=max_chunks)
-    return OnnxEmbedder(
-        settings.embedding_model,
-        quantize=settings.embedding_backend == "onnx-int8",
-        cache_dir=str(Path(settings.cache_dir).expanduser() / "onnx"),
-        max_chunks=max_chunks,
+        embedder = SentenceEmbedder(settings.embedding_model, max_chunks=max_chunks)
+    else:
+        embedder = OnnxEmbedder(
+            settings.embedding_model,
+            quantize=settings.embedding_backend == "onnx-int8",
+            cache_dir=str(Path(settings.cache_dir).expanduser() / "onnx"),
+            max_chunks=max_chunks,
+        )
+    batching = settings.batching
+    if not batching.enabled:
+        return embedder
+    return BatchingEmbedder(
+        embedder,
+        max_texts=batching.max_texts,
+        max_word_pieces=batching.max_word_pieces,
+        max_wait_ms=batching.max_wait_ms,
+        max_concurrent_batches=batching.max_concurrent_batches,
     )
 
 

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from classifier import DomainRouter, FallbackReason, Neighbour, Prediction
+from classifier.cascade import CascadeStage
 from router.config import ConfigError, ConversationSettings, SessionSettings
-from router.conversation import NO_TEXT_REPORT, TextReport, predict_conversation
+from router.conversation import NO_TEXT_REPORT, TextReport, predict_conversation, predict_static_request
 from router.errors import ModelNotFoundError
 from router.routing_text import chat_routing_input
 from router.sessions import InMemorySessionStore, SessionState, SessionStore
@@ -56,6 +57,15 @@ class RouteDecision:
         """Whether the base model serves the request."""
         return self.fallback_reason is not None
 
+    @property
+    def stage(self) -> str | None:
+        """The cascade stage that classified the request: ``static`` or ``transformer``.
+
+        ``None`` when nothing was classified, and on the batch path (``route_many``), which does
+        not record it.
+        """
+        return None if self.text is None or self.text.stage is None else str(self.text.stage)
+
     def to_dict(self) -> dict[str, object]:
         """Return the JSON form of the decision, as ``POST /v1/route`` returns it."""
         return {
@@ -73,6 +83,7 @@ class RouteDecision:
             ],
             "routing_ms": self.routing_ms,
             "routing_text": None if self.text is None else self.text.to_dict(),
+            "stage": self.stage,
             "sticky": self.sticky,
         }
 
@@ -176,9 +187,15 @@ class RoutingService:
             decision = self._no_text()
         else:
             started = time.perf_counter()
-            embeddings, chunking = self.domain_router.embedder.encode_chunked([text])
-            prediction = self.domain_router.predict_embeddings(embeddings)[0]
-            report = TextReport("request", None, (), len(text), chunking[0].chunks, chunking[0].total_chunks)
+            prediction = predict_static_request(self.domain_router, text)
+            if prediction is not None:
+                report = TextReport("request", None, (), len(text), 1, 1, CascadeStage.STATIC)
+            else:
+                embeddings, chunking = self.domain_router.embedder.encode_chunked([text])
+                prediction = self.domain_router.predict_embeddings(embeddings)[0]
+                report = TextReport(
+                    "request", None, (), len(text), chunking[0].chunks, chunking[0].total_chunks
+                )
             decision = self._from_prediction(prediction, (time.perf_counter() - started) * 1000, report)
 
         self._log(decision, text, request_id)

@@ -10,28 +10,51 @@ not know, so it passes through) selects the response:
 - ``"status:<code>"``: HTTP ``<code>`` with an OpenAI error body
 - ``"text:<code>"``: HTTP ``<code>`` with a plain text body
 - ``"invalid_json"``: HTTP 200 with a body that is not JSON
-- ``"slow"``: the normal response after 5 seconds
+- ``"slow"`` or ``"slow:<seconds>"``: the normal response after 5 seconds (or ``<seconds>``)
 - ``"drop_stream"``: one stream chunk, then the connection breaks (the body is shorter than
   its ``Content-Length``)
-- ``"stall_stream"``: one stream chunk, then the rest after 5 seconds
+- ``"stall_stream"`` or ``"stall_stream:<seconds>"``: one stream chunk, then the rest after 5
+  seconds (or ``<seconds>``)
 - ``"adapter_missing"``: HTTP 404 as vLLM sends it for a model it does not serve, unless the
   request names the base model ``demo-base``, which gets the normal answer
+- ``"lorax_adapter_missing"``: what LoRAX sends when it cannot load the request's
+  ``adapter_id``: HTTP 424 with ``{"error": ..., "error_type": "generation"}``, or for a stream
+  HTTP 200 and that object as the only event. A request without ``adapter_id`` gets the normal
+  answer.
 
-Run: ``python recording_upstream.py --port PORT --record FILE``; standard library only.
+When a client closes its connection while a slow or stalled response waits, or before a write
+reaches it, the server appends ``{"request_id", "path", "behaviour"}`` as one JSON line to the
+disconnect file, ``<record file stem>.disconnects.jsonl`` next to the record file.
+
+Run: ``python recording_upstream.py --port PORT --record FILE [--listen-when FILE]``; standard
+library only. With ``--listen-when``, the port is bound at once but connections are refused
+until that file exists.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import select
+import socket
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-SLOW_SECONDS = 5
+SLOW_SECONDS = 5.0
 BASE_MODEL = "demo-base"
 MODELS = [BASE_MODEL, "math", "code", "medical", "legal", "finance", "sql"]
+TRIGGER_POLL_SECONDS = 0.02
+
+
+def disconnect_file(record_file: Path) -> Path:
+    """Return the file the server appends its disconnect records to, next to ``record_file``."""
+    return record_file.with_name(f"{record_file.stem}.disconnects.jsonl")
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the response was complete."""
 
 
 class RecordingHandler(BaseHTTPRequestHandler):
@@ -56,27 +79,58 @@ class RecordingHandler(BaseHTTPRequestHandler):
             file.write(json.dumps(record) + "\n")
 
         behaviour = str(body.get("test_behaviour", ""))
-        if behaviour.startswith("status:"):
-            self._send_json(int(behaviour.split(":")[1]), _error(f"upstream says {behaviour}"))
-        elif behaviour.startswith("text:"):
-            self._send(int(behaviour.split(":")[1]), b"plain text failure", "text/plain")
+        try:
+            self._respond(behaviour, body)
+        except (ClientGone, BrokenPipeError, ConnectionResetError):
+            self._record_disconnect(behaviour)
+            self.close_connection = True
+
+    def _respond(self, behaviour: str, body: dict[str, Any]) -> None:
+        name, _, argument = behaviour.partition(":")
+        if name == "status":
+            self._send_json(int(argument), _error(f"upstream says {behaviour}"))
+        elif name == "text":
+            self._send(int(argument), b"plain text failure", "text/plain")
         elif behaviour == "invalid_json":
             self._send(200, b"this is not json", "application/json")
         elif behaviour == "adapter_missing" and body.get("model") != BASE_MODEL:
             error = _error(f"The model `{body.get('model')}` does not exist.")
             error["error"].update(type="NotFoundError", code=404)
             self._send_json(404, error)
+        elif behaviour == "lorax_adapter_missing" and "adapter_id" in body:
+            self._send_lorax_adapter_error(body["adapter_id"], stream=bool(body.get("stream")))
         else:
-            if behaviour == "slow":
-                time.sleep(SLOW_SECONDS)
+            if name == "slow":
+                self._hold(float(argument or SLOW_SECONDS))
             if body.get("stream"):
-                self._send_stream(
-                    body["model"], drop=behaviour == "drop_stream", stall=behaviour == "stall_stream"
-                )
+                stall = float(argument or SLOW_SECONDS) if name == "stall_stream" else None
+                self._send_stream(body["model"], drop=behaviour == "drop_stream", stall=stall)
             else:
                 self._send_json(200, _completion(body["model"]))
 
-    def _send_stream(self, model: str, *, drop: bool, stall: bool = False) -> None:
+    def _hold(self, seconds: float) -> None:
+        """Wait ``seconds``; raise :class:`ClientGone` as soon as the client closes its connection."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], remaining)
+            if not readable:
+                return
+            try:
+                peeked = self.connection.recv(1, socket.MSG_PEEK)
+            except OSError:
+                peeked = b""
+            if not peeked:
+                raise ClientGone
+            # The client sent more bytes (no client here pipelines requests): keep waiting without
+            # spinning on the readable socket.
+            time.sleep(min(remaining, 0.05))
+
+    def _record_disconnect(self, behaviour: str) -> None:
+        record = {"request_id": self.headers.get("x-request-id"), "path": self.path, "behaviour": behaviour}
+        with disconnect_file(self.record_file).open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def _send_stream(self, model: str, *, drop: bool, stall: float | None = None) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("connection", "close")
@@ -93,10 +147,28 @@ class RecordingHandler(BaseHTTPRequestHandler):
         if drop:
             self.close_connection = True
             return
-        if stall:
-            time.sleep(SLOW_SECONDS)
+        if stall is not None:
+            self._hold(stall)
         second = _chunk(f"upstream/{model}", {"content": " world"}, "stop")
         self.wfile.write(f"data: {json.dumps(second)}\n\ndata: [DONE]\n\n".encode())
+        self.close_connection = True
+
+    def _send_lorax_adapter_error(self, adapter_id: str, *, stream: bool) -> None:
+        # LoRAX loads an adapter when a request first names it. A failed download or load ends
+        # the request with InferError::GenerationError, which LoRAX's router returns as HTTP 424
+        # with error_type "generation", or as one error event in a stream.
+        error = {
+            "error": f"Request failed during generation: Server error: adapter {adapter_id} not found",
+            "error_type": "generation",
+        }
+        if not stream:
+            self._send_json(424, error)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(f"data:{json.dumps(error)}\n\n".encode())
         self.close_connection = True
 
     def _send_json(self, status: int, body: dict[str, Any]) -> None:
@@ -150,11 +222,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="port to listen on, on 127.0.0.1")
     parser.add_argument("--record", type=Path, required=True, help="JSONL file to append request bodies to")
+    parser.add_argument(
+        "--listen-when",
+        type=Path,
+        help="bind the port at once, but refuse connections until this file exists",
+    )
     args = parser.parse_args()
 
     RecordingHandler.record_file = args.record
-    server = ListeningServer(("127.0.0.1", args.port), RecordingHandler)
+    server = ListeningServer(("127.0.0.1", args.port), RecordingHandler, bind_and_activate=False)
     server.daemon_threads = True
+    server.server_bind()
+    if args.listen_when is not None:
+        # A bound socket that does not listen makes the kernel refuse connections to the port.
+        print(f"recording upstream bound to port {args.port}, waiting for {args.listen_when}", flush=True)
+        while not args.listen_when.exists():
+            time.sleep(TRIGGER_POLL_SECONDS)
+    server.server_activate()
     print(f"recording upstream on 127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 

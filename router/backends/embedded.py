@@ -14,18 +14,26 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from router.backends.base import BackendCall, BackendResult, JSONResult, StreamResult
 from router.config import EmbeddedBackendSettings
-from router.errors import GatewayError, GenerationError, InvalidRequestError
+from router.errors import (
+    AdapterFailedError,
+    AdapterUnavailableError,
+    GatewayError,
+    GenerationError,
+    InvalidRequestError,
+)
 from router.genai_engine import (
+    AdapterError,
     GenaiEngine,
     GeneratedText,
     GenerationFailedError,
     PromptTooLongError,
     SamplingOptions,
 )
+from router.log_throttle import LogThrottle
 from router.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -43,6 +51,9 @@ from router.sse import SSE_DONE, sse_error, sse_event
 
 logger = logging.getLogger(__name__)
 
+ADAPTER_UNAVAILABLE_LOG_SECONDS = 60.0
+"""Minimum time between two log lines about the same unusable adapter, in seconds."""
+
 Result = TypeVar("Result")
 _END = object()
 
@@ -56,17 +67,31 @@ class EmbeddedBackend:
     and ``frequency_penalty`` are ignored, because onnxruntime-genai has no equivalent. Fields
     the engine cannot honour (``n`` above 1, ``logprobs``, ``echo``, ``suffix``, a
     ``response_format`` other than text, a forced ``tool_choice``) get HTTP 400.
+
+    An adapter is served only while its file contains the bytes that were loaded
+    (:meth:`GenaiEngine.check_adapter`). When it does not, or activating the adapter fails, the
+    request raises :class:`AdapterUnavailableError` for the gateway to serve it on the base
+    model (``adapter_unavailable="fallback"``), or gets HTTP 503 ``adapter_unavailable``
+    (``"error"``).
     """
 
     def __init__(
-        self, engine: GenaiEngine, *, max_tokens: int = 64, max_tokens_limit: int = 1024, workers: int = 2
+        self,
+        engine: GenaiEngine,
+        *,
+        max_tokens: int = 64,
+        max_tokens_limit: int = 1024,
+        workers: int = 2,
+        adapter_unavailable: Literal["fallback", "error"] = "fallback",
     ) -> None:
         self.engine = engine
         self.max_tokens = max_tokens
         self.max_tokens_limit = max_tokens_limit
         self.workers = workers
+        self.adapter_unavailable = adapter_unavailable
         self._executor: ThreadPoolExecutor | None = None
         self._active: set[threading.Event] = set()
+        self._unavailable_log = LogThrottle(ADAPTER_UNAVAILABLE_LOG_SECONDS)
 
     @classmethod
     def from_settings(cls, settings: EmbeddedBackendSettings, adapters: Iterable[str]) -> EmbeddedBackend:
@@ -83,6 +108,7 @@ class EmbeddedBackend:
             max_tokens=settings.max_tokens,
             max_tokens_limit=settings.max_tokens_limit,
             workers=settings.workers,
+            adapter_unavailable=settings.adapter_unavailable,
         )
 
     async def start(self) -> None:
@@ -95,12 +121,16 @@ class EmbeddedBackend:
         logger.info("embedded backend started with %d generation threads", self.workers)
 
     async def readiness(self, expected: list[str]) -> list[str]:
-        """Return why the backend cannot serve yet: empty once started.
+        """Return why the backend cannot serve ``expected`` now: empty when started and every
+        adapter among them passes its file check.
 
-        Every adapter passed a one-token dry run when the model was loaded, so a started backend
-        serves all of them.
+        Every adapter passed a one-token dry run when the model was loaded, so only a file
+        removed or changed since then makes one unusable.
         """
-        return [] if self._executor is not None else ["the embedded backend is not started"]
+        if self._executor is None:
+            return ["the embedded backend is not started"]
+        adapters = [name for name in expected if name in self.engine.adapter_names]
+        return await self._run(self._adapter_problems, adapters)
 
     async def close(self) -> None:
         """Cancel running generations and stop the worker threads."""
@@ -115,6 +145,7 @@ class EmbeddedBackend:
         """Generate the assistant's reply to a conversation."""
         params = call.params
         _check_chat_supported(params)
+        await self._run(self._check_adapter, call)
         options = self._sampling(params, params.requested_max_tokens)
         messages = [message.model_dump(exclude_none=True) for message in params.messages]
         prompt_ids = await self._run(self._chat_prompt_ids, messages, params.tools)
@@ -122,7 +153,7 @@ class EmbeddedBackend:
 
         if params.stream:
             return StreamResult(self._chat_events(call, prompt_ids, options))
-        pieces = await self._run(self._generate_all, prompt_ids, call, options)
+        pieces = await self._generate_all(prompt_ids, call, options)
         last = pieces[-1]
         completion = ChatCompletion(
             id=_completion_id("chatcmpl"),
@@ -142,19 +173,21 @@ class EmbeddedBackend:
         """Complete each prompt of a text completion request; one choice per prompt."""
         params = call.params
         _check_completion_supported(params)
+        await self._run(self._check_adapter, call)
         options = self._sampling(params, params.max_tokens)
         prompts = [
             prompt if isinstance(prompt, list) else await self._run(self.engine.encode, prompt)
             for prompt in params.prompts
         ]
         for prompt_ids in prompts:
+            self._check_token_ids(prompt_ids)
             self._check_prompt_length(prompt_ids, "prompt")
 
         if params.stream:
             return StreamResult(self._completion_events(call, prompts, options))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, prompt_ids in enumerate(prompts):
-            pieces = await self._run(self._generate_all, prompt_ids, call, options)
+            pieces = await self._generate_all(prompt_ids, call, options)
             choices.append(
                 CompletionChoice(
                     index=index,
@@ -185,7 +218,21 @@ class EmbeddedBackend:
             stop=params.stop_sequences,
         )
 
+    def _check_token_ids(self, prompt_ids: Sequence[int]) -> None:
+        unknown = [token for token in prompt_ids if not 0 <= token < self.engine.vocab_size]
+        if unknown:
+            raise InvalidRequestError(
+                f"The prompt has token id {unknown[0]}, but the model's token ids run from 0 to "
+                f"{self.engine.vocab_size - 1}: send token ids of this model's tokenizer.",
+                param="prompt",
+            )
+
     def _check_prompt_length(self, prompt_ids: Sequence[int], param: str) -> None:
+        if not prompt_ids:
+            # The engine adds no BOS token, and generation needs at least one input token.
+            raise InvalidRequestError(
+                f"The {param} is empty after tokenization: send at least one token of text.", param=param
+            )
         if len(prompt_ids) >= self.engine.context_length:
             raise InvalidRequestError(
                 f"The prompt is {len(prompt_ids)} tokens, but the model's context length is "
@@ -209,13 +256,76 @@ class EmbeddedBackend:
             ) from None
         return self.engine.encode(prompt)
 
-    def _generate_all(
+    def _check_adapter(self, call: BackendCall[Any]) -> None:
+        if call.adapter is None:
+            return
+        try:
+            self.engine.check_adapter(call.adapter)
+        except AdapterError as error:
+            raise self._adapter_error(error, call.request_id) from None
+
+    def _adapter_problems(self, adapters: list[str]) -> list[str]:
+        problems = []
+        for name in adapters:
+            try:
+                self.engine.check_adapter(name)
+            except AdapterError as error:
+                problems.append(str(error))
+        return problems
+
+    def _adapter_error(self, error: AdapterError, request_id: str) -> GatewayError:
+        """Return the error for an unusable adapter: the gateway's fallback signal, or HTTP 503."""
+        if self.adapter_unavailable == "fallback":
+            return AdapterUnavailableError(error.adapter, f"The {error}.")
+
+        skipped = self._unavailable_log.skipped_if_due(error.adapter)
+        if skipped is not None:
+            logger.error(
+                "request %s: %s (HTTP 503 adapter_unavailable; %d more such requests since the last "
+                "line about %s)",
+                request_id,
+                error,
+                skipped,
+                error.adapter,
+            )
+        # The reason names server paths, so the client gets the request id to look it up instead.
+        return AdapterFailedError(
+            f"The adapter {error.adapter} is unavailable on this server. The server log has the "
+            f"details under request id {request_id}."
+        )
+
+    async def _generate_all(
         self, prompt_ids: list[int], call: BackendCall[Any], options: SamplingOptions
     ) -> list[GeneratedText]:
+        """Generate a whole completion on a worker thread.
+
+        When the awaiting request is cancelled (its client went away, or it timed out), the
+        generation stops before its next token instead of running to its end.
+        """
+        cancelled = threading.Event()
         try:
-            pieces = list(self.engine.generate(prompt_ids, adapter=call.adapter, options=options))
+            return await self._run(self._generate_pieces, prompt_ids, call, options, cancelled)
+        finally:
+            cancelled.set()
+
+    def _generate_pieces(
+        self,
+        prompt_ids: list[int],
+        call: BackendCall[Any],
+        options: SamplingOptions,
+        cancelled: threading.Event,
+    ) -> list[GeneratedText]:
+        try:
+            pieces = list(
+                self.engine.generate(prompt_ids, adapter=call.adapter, options=options, cancelled=cancelled)
+            )
+        except AdapterError as error:
+            raise self._adapter_error(error, call.request_id) from None
         except (PromptTooLongError, GenerationFailedError) as error:
             raise _gateway_error(error, call.request_id) from None
+        if cancelled.is_set():
+            logger.info("request %s: generation stopped because the request was cancelled", call.request_id)
+            return pieces
         _log_generation(call, pieces[-1])
         return pieces
 
@@ -231,6 +341,9 @@ class EmbeddedBackend:
 
         Closing this iterator (the client went away) stops the generation before its next token.
         """
+        # NOTE: this runs after the stream's first event was sent, so an adapter whose activation
+        # fails here ends the stream with an error event. Only the file check, which runs before
+        # the stream starts, can still send the request to the base model.
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()

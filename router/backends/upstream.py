@@ -4,19 +4,25 @@ The client's JSON body is forwarded unchanged except for the fields that select 
 With the vLLM convention, the adapter's served name replaces ``model`` (the base model's name on
 fallback). With the LoRAX convention, ``model`` is the base model and ``adapter_id`` names the
 adapter. Streams are relayed event by event as they arrive.
+
+A refused or timed-out connection is retried with jittered exponential backoff, because the
+upstream received nothing. A request that reached the upstream is never sent again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from router.backends.base import BackendCall, BackendResult, JSONResult, StreamResult
+from router.backends.keepalive_transport import KeepAliveTransport
 from router.config import ConfigError, UpstreamBackendSettings
 from router.errors import (
     AdapterUnavailableError,
@@ -35,9 +41,11 @@ class UpstreamBackend:
     """Forward completions to the OpenAI-compatible server at ``settings.url``.
 
     Error statuses: the upstream unreachable is HTTP 503, a timeout 504, an upstream 5xx or an
-    invalid body 502; an upstream 4xx passes through with its status and body. The exception is
-    a 404 for an adapter with ``adapter_unavailable: fallback``, which raises
-    :class:`AdapterUnavailableError` so the gateway can serve the request on the base model.
+    invalid body 502; an upstream 4xx passes through with its status, and its body in the OpenAI
+    error shape. The exception is the upstream's answer for an adapter it cannot serve (vLLM:
+    HTTP 404; LoRAX: HTTP 424, or a stream whose first event is that error) with
+    ``adapter_unavailable: fallback``, which raises :class:`AdapterUnavailableError` so the
+    gateway can serve the request on the base model.
 
     Raises
     ------
@@ -72,7 +80,7 @@ class UpstreamBackend:
                 write=self.settings.read_timeout,
                 pool=self.settings.read_timeout,
             ),
-            limits=httpx.Limits(max_connections=self.settings.max_connections),
+            transport=KeepAliveTransport(max_connections=self.settings.max_connections),
         )
         logger.info("upstream backend started: %s (adapter field %s)", self.url, self.settings.adapter_field)
 
@@ -131,15 +139,14 @@ class UpstreamBackend:
         request = client.build_request(
             "POST", path, json=self._upstream_body(call), headers={"x-request-id": call.request_id}
         )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as error:
-            raise self._transport_error(error, call.request_id) from None
+        response = await self._send(request, call.request_id)
 
         streaming = response.status_code < 400 and response.headers.get("content-type", "").startswith(
             EVENT_STREAM
         )
         if streaming and call.params.stream:
+            if self._lorax_fallback(call):
+                return StreamResult(await self._relay_unless_adapter_error(response, call))
             return StreamResult(self._relay(response, call))
         try:
             content = await response.aread()
@@ -148,6 +155,40 @@ class UpstreamBackend:
         finally:
             await response.aclose()
         return self._json_result(response, content, call)
+
+    async def _send(self, request: httpx.Request, request_id: str) -> httpx.Response:
+        """Send ``request`` and return the response once its headers arrived.
+
+        Only ``httpx.ConnectError`` and ``httpx.ConnectTimeout`` are retried: both mean that no
+        connection was made, so the upstream received nothing.
+
+        Raises
+        ------
+        GatewayError
+            The error for the client when sending failed (after the last attempt).
+        """
+        attempts = self.settings.connect_attempts
+        attempt = 1
+        while True:
+            try:
+                return await self._http().send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                if attempt >= attempts:
+                    raise self._transport_error(error, request_id, attempts=attempt) from None
+                delay = retry_delay(attempt, self.settings.retry_backoff, self.settings.retry_backoff_max)
+                logger.warning(
+                    "request %s: connecting to upstream %s failed (%s), attempt %d of %d: retrying in %.2f s",
+                    request_id,
+                    self.url,
+                    error or type(error).__name__,
+                    attempt,
+                    attempts,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+            except httpx.HTTPError as error:
+                raise self._transport_error(error, request_id) from None
 
     def _upstream_body(self, call: BackendCall[Any]) -> dict[str, Any]:
         body = dict(call.body)
@@ -173,14 +214,20 @@ class UpstreamBackend:
                 "request %s: upstream %s returned HTTP %d: %s", call.request_id, self.url, status, detail
             )
             raise UpstreamError(f"The upstream model server returned HTTP {status}: {detail}")
-        if status == 404 and self._adapter_fallback(call):
+        if status == 404 and self._vllm_fallback(call):
             raise AdapterUnavailableError(
                 call.adapter or "", f"The upstream model server does not serve the adapter {call.adapter}."
             )
+        if status == 424 and self._lorax_fallback(call) and _is_lorax_generation_error(body):
+            raise AdapterUnavailableError(
+                call.adapter or "",
+                f"The upstream model server cannot load the adapter {call.adapter}: {_error_message(body)}",
+            )
         if status >= 400:
             logger.info("request %s: upstream %s returned HTTP %d", call.request_id, self.url, status)
-            if not isinstance(body, dict):
-                body = _error_body(content[:500].decode("utf-8", "replace"), status)
+            if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+                # Not the OpenAI shape: plain text, LoRAX's {"error": "<message>"}, or other JSON.
+                body = _error_body(_error_text(body, content), status)
             return JSONResult(body, status)
         if call.params.stream:
             logger.error(
@@ -200,7 +247,7 @@ class UpstreamBackend:
             body["model"] = call.model
         return JSONResult(body, status)
 
-    def _adapter_fallback(self, call: BackendCall[Any]) -> bool:
+    def _vllm_fallback(self, call: BackendCall[Any]) -> bool:
         # vLLM returns HTTP 404 for a model it does not serve. With the LoRAX convention the
         # model is always the base model, so a 404 there means something else.
         return (
@@ -208,6 +255,51 @@ class UpstreamBackend:
             and self.settings.adapter_field == "model"
             and self.settings.adapter_unavailable == "fallback"
         )
+
+    def _lorax_fallback(self, call: BackendCall[Any]) -> bool:
+        # LoRAX loads an adapter when a request first names it in adapter_id. When that fails, it
+        # ends the request with its generation error: HTTP 424 {"error": ..., "error_type":
+        # "generation"}, or that object as the first event of a stream (LoRAX's router,
+        # InferError::GenerationError). LoRAX reports any failed generation this way, so the
+        # base model gets one try at every such request with an adapter.
+        return (
+            call.adapter is not None
+            and self.settings.adapter_field == "adapter_id"
+            and self.settings.adapter_unavailable == "fallback"
+        )
+
+    async def _relay_unless_adapter_error(
+        self, response: httpx.Response, call: BackendCall[Any]
+    ) -> AsyncIterator[bytes]:
+        """Read a LoRAX stream's first event; raise if it is LoRAX's generation error, else relay.
+
+        Raises
+        ------
+        AdapterUnavailableError
+            If the first event is the error LoRAX sends when it cannot load the adapter.
+        GatewayError
+            If the connection fails before the first event.
+        """
+        events = self._relay(response, call)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            first = b""
+        data = _event_data(first)
+        if _is_lorax_generation_error(data):
+            await events.aclose()
+            raise AdapterUnavailableError(
+                call.adapter or "",
+                f"The upstream model server cannot load the adapter {call.adapter}: {_error_message(data)}",
+            )
+
+        async def first_then_rest() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for event in events:
+                yield event
+
+        return first_then_rest()
 
     async def _relay(self, response: httpx.Response, call: BackendCall[Any]) -> AsyncIterator[bytes]:
         """Yield the upstream's events one by one, each with ``model`` set to the served name."""
@@ -226,10 +318,11 @@ class UpstreamBackend:
         finally:
             await response.aclose()
 
-    def _transport_error(self, error: httpx.HTTPError, request_id: str) -> GatewayError:
+    def _transport_error(self, error: httpx.HTTPError, request_id: str, *, attempts: int = 1) -> GatewayError:
         if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+            tries = f" after {attempts} attempts" if attempts > 1 else ""
             gateway_error: GatewayError = UpstreamUnavailableError(
-                f"The upstream model server at {self.url} cannot be reached "
+                f"The upstream model server at {self.url} cannot be reached{tries} "
                 f"({error or type(error).__name__}). Check that it is running."
             )
         elif isinstance(error, httpx.TimeoutException):
@@ -249,6 +342,16 @@ class UpstreamBackend:
         if self._client is None:
             raise RuntimeError("the upstream backend is not started: call start() first")
         return self._client
+
+
+def retry_delay(attempt: int, backoff: float, backoff_max: float) -> float:
+    """Return the seconds to wait after failed attempt number ``attempt`` (counted from 1).
+
+    The wait doubles with each attempt from ``backoff`` up to ``backoff_max``, and a random
+    0-50% is taken off, so that gateways that lost the same upstream do not all retry at once.
+    """
+    ceiling = min(backoff_max, backoff * 2 ** (attempt - 1))
+    return ceiling * random.uniform(0.5, 1.0)
 
 
 def _event_with_model(lines: list[str], model: str) -> bytes:
@@ -271,9 +374,32 @@ def _event_with_model(lines: list[str], model: str) -> bytes:
 
 
 def _error_message(body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        message = body["error"].get("message")
+    """Return the message of an OpenAI error body, or LoRAX's ``{"error": "<message>"}``."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
         return str(message) if message is not None else None
+    return error if isinstance(error, str) else None
+
+
+def _error_text(body: Any, content: bytes) -> str:
+    return _error_message(body) or content[:500].decode("utf-8", "replace")
+
+
+def _is_lorax_generation_error(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("error_type") == "generation" and "error" in body
+
+
+def _event_data(event: bytes) -> Any:
+    """Return the JSON data of one server-sent event, or ``None`` when it has none."""
+    for line in event.decode("utf-8", "replace").splitlines():
+        if line.startswith("data:"):
+            try:
+                return json.loads(line[5:])
+            except json.JSONDecodeError:
+                return None
     return None
 
 
