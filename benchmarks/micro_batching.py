@@ -1,8 +1,8 @@
 """Measure what micro-batching does for routing throughput as concurrency grows.
 
 The gateway routes each request on a worker thread. With ``router.batching`` enabled (the
-default), the threads' texts are embedded together (``classifier/batching.py``); without it each
-thread embeds its own text, and the calls compete for the cores. This script runs that in one
+default), the threads' texts are embedded together (``classifier/batching.py``). Without it,
+each thread embeds its own text and the calls compete for the cores. This script runs that in one
 process: ``concurrency`` threads route prompts of the skills test split through
 ``RoutingService.route_conversation``, the call the gateway makes for a chat request, until a
 fixed number of prompts is routed. For each embedding backend it reports decisions per second and

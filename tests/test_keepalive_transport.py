@@ -46,7 +46,7 @@ def client(server_url: str, **options: float) -> httpx.AsyncClient:
 
 
 async def raw_server(response: bytes) -> asyncio.Server:
-    """Start a server that reads one request head and answers ``response``, then closes."""
+    """Start a server that reads one request head, writes ``response`` and closes the connection."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -183,7 +183,7 @@ async def test_transport_closes_abandoned_stream(scripted):
         # Leaving the block closes the response before its body ended, so the connection goes.
         deadline = time.monotonic() + 5
         while scripted.open_connections and time.monotonic() < deadline:
-            scripted.reset()  # releases the server's stalled write so its handler sees the close
+            scripted.reset()  # releases the server's stalled write so that its handler detects the close
             await asyncio.sleep(0.05)
 
     assert scripted.open_connections == 0

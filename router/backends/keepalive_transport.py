@@ -143,7 +143,7 @@ class _Connection(asyncio.Protocol):
             await self._wait(timeout)
 
     def reusable(self, expiry: float) -> bool:
-        """Whether the connection can carry another request now."""
+        """Return whether the connection can carry another request now."""
         return (
             not self.closed
             and self.transport is not None
@@ -287,8 +287,8 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         idle = self._idle.get(origin)
         if not idle:
             return None
-        # The stack's bottom holds the connections idle the longest: close the expired ones, so
-        # that connections opened for a burst of load do not stay open after it.
+        # The stack's bottom contains the connections idle the longest. Closing the expired ones
+        # there keeps connections opened for a burst of load from staying open after it.
         while idle and not idle[0].reusable(self.keepalive_expiry):
             idle.popleft().close()
         while idle:
@@ -306,7 +306,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {origin[0]}:{origin[1]} timed out") from None
         except OSError as error:
-            raise httpx.ConnectError(f"cannot connect to {origin[0]}:{origin[1]}: {error}") from None
+            raise httpx.ConnectError(f"connection to {origin[0]}:{origin[1]} failed: {error}") from None
         return connection
 
 
