@@ -29,10 +29,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +40,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "skills" / "skills.jsonl"
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    add_config_argument,
+    add_data_argument,
+    add_out_argument,
+    add_split_argument,
+    add_torch_threads_argument,
+    check_at_least,
+    median_over_rounds,
+    percentiles,
+    write_and_report,
+)
+
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "cascade.json"
 DEFAULT_THRESHOLDS = "0.5,0.7,0.8,0.9,0.95,0.98"
 ACCURACY_BAR_POINTS = 0.5
@@ -51,23 +62,9 @@ ACCURACY_BAR_POINTS = 0.5
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help=f"labelled prompt set, JSONL with text, label, split (default: {DEFAULT_DATA})",
-    )
-    parser.add_argument(
-        "--split",
-        choices=["train", "validation", "test"],
-        default="test",
-        help="split of --data to evaluate (default: test)",
-    )
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="gateway config whose router settings to use (default: the bundled data/default.yaml)",
-    )
+    add_data_argument(parser)
+    add_split_argument(parser, "split of --data to evaluate (default: test)")
+    add_config_argument(parser)
     parser.add_argument(
         "--thresholds",
         default=DEFAULT_THRESHOLDS,
@@ -87,18 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=5,
         help="latency rounds; the median over rounds of each percentile is reported (default: 5)",
     )
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="PyTorch intra-op threads (default: 1; two threads on a 2-vCPU VM gave erratic timings)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"where to write the JSON results (default: {DEFAULT_OUT})",
-    )
+    add_torch_threads_argument(parser)
+    add_out_argument(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
 
     try:
@@ -107,8 +94,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}")
     if not args.thresholds or any(not 0.0 <= value <= 1.0 for value in args.thresholds):
         parser.error(f"--thresholds must be between 0 and 1, got {args.thresholds}")
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    check_at_least(parser, args, ("rounds",))
     if args.latency_prompts < 0:
         parser.error(f"--latency-prompts must be 0 or more, got {args.latency_prompts}")
     return args
@@ -178,15 +164,12 @@ def measure_latency(services: dict, texts: Sequence[str], rounds: int) -> dict:
                 decision = service.route(service.routing_alias, text)
                 timings[position] = (time.perf_counter() - started) * 1000
                 static_counts[name] += decision.stage == "static"
-            per_round[name].append(
-                {"p50_ms": float(np.percentile(timings, 50)), "p99_ms": float(np.percentile(timings, 99))}
-            )
+            per_round[name].append(percentiles(timings, (50, 99)))
 
     results = {}
     for name, rounds_stats in per_round.items():
         results[name] = {
-            "p50_ms": statistics.median(stats["p50_ms"] for stats in rounds_stats),
-            "p99_ms": statistics.median(stats["p99_ms"] for stats in rounds_stats),
+            **median_over_rounds(rounds_stats),
             "static_fraction": static_counts[name] / (rounds * len(texts)),
             "rounds": rounds_stats,
         }
@@ -249,7 +232,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.torch_threads)
     logging.basicConfig(level=logging.WARNING)
-    sys.path.insert(0, str(REPO))
     from benchmarks.skills_accuracy import build_service, load_rows
     from classifier.cascade import CascadeRouter
     from router.config import load_config
@@ -312,10 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

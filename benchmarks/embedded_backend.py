@@ -31,17 +31,27 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    add_out_argument,
+    check_at_least,
+    describe_load_average,
+    machine_info,
+    median_over_rounds,
+    split_list,
+    write_and_report,
+)
+
 DEMO_MODEL = REPO / "data" / "demo_model"
 DEFAULT_MODELS = (DEMO_MODEL, DEMO_MODEL / "int4")
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "embedded_backend.json"
@@ -52,6 +62,8 @@ DEFAULT_PROMPT = "Tell me a long story about a cat."
 DEFAULT_MAX_TOKENS = 24
 BASE = "base"
 """Row name of the base model (no adapter) in the results."""
+LIBRARIES = ("onnxruntime-genai", "onnxruntime", "numpy")
+"""Distributions whose versions are stored with the results."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -104,20 +116,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="ONNX Runtime intra-op threads, set in a temporary copy of each model's genai_config.json "
         "(default: 1; two threads on a 2-vCPU VM gave erratic timings)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"where to write the JSON results (default: {DEFAULT_OUT})",
-    )
+    add_out_argument(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
 
-    args.models = [Path(name.strip()) for name in args.models.split(",") if name.strip()]
+    args.models = [Path(name) for name in split_list(args.models)]
     if not args.models:
         parser.error("--models is empty: give at least one exported model folder")
-    for name in ("max_tokens", "requests", "switch_requests", "rounds", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_at_least(parser, args, ("max_tokens", "requests", "switch_requests", "rounds", "threads"))
     return args
 
 
@@ -159,17 +164,6 @@ def elapsed_ms(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()
     return (time.perf_counter() - started) * 1000
-
-
-def median_over_rounds(per_round: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Return the median over rounds of each numeric statistic; ``None`` where no round has one."""
-    medians: dict[str, float | None] = {}
-    for key, first in per_round[0].items():
-        if isinstance(first, str | list):
-            continue
-        values = [stats[key] for stats in per_round if stats[key] is not None]
-        medians[key] = statistics.median(values) if values else None
-    return medians
 
 
 def measure_startup(model_dir: Path, files: dict[str, Path], rounds: int, loads: int = 5) -> dict:
@@ -426,30 +420,12 @@ def model_file_bytes(model_dir: Path) -> int:
     return sum(path.stat().st_size for path in model_dir.iterdir() if ".onnx" in path.name)
 
 
-def machine(threads: int) -> dict:
-    libraries = {}
-    for name in ("onnxruntime-genai", "onnxruntime", "numpy"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0],
-        "onnxruntime_threads": threads,
-        "libraries": libraries,
-    }
-
-
 def print_report(result: dict) -> None:
     settings, host = result["settings"], result["machine"]
     print(
         f"prompt {settings['prompt']!r}, {settings['max_tokens']} tokens greedy, "
         f"{settings['rounds']} rounds, {host['onnxruntime_threads']} ONNX Runtime thread(s), "
-        f"{host['cpus']} CPUs, load average {host['load_average_1m']:.2f} at the start, "
-        f"{host['load_average_1m_end']:.2f} at the end"
+        f"{host['cpus']} CPUs, {describe_load_average(host['load_average_1m'], host['load_average_1m_end'])}"
     )
     for name, model in result["models"].items():
         print()
@@ -508,7 +484,6 @@ def print_generation(generation: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))
     files = adapter_files(args.adapters_dir)
 
     result: dict[str, Any] = {
@@ -520,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": args.rounds,
             "adapters_dir": str(args.adapters_dir),
         },
-        "machine": machine(args.threads),
+        "machine": machine_info(LIBRARIES, onnxruntime_threads=args.threads),
         "models": {},
     }
     for position, model_dir in enumerate(args.models):
@@ -531,10 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["models"][name] = {"model_file_bytes": model_file_bytes(model_dir), **measured}
     result["machine"]["load_average_1m_end"] = os.getloadavg()[0]
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

@@ -37,17 +37,27 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import statistics
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    add_out_argument,
+    check_at_least,
+    describe_load_average,
+    machine_info,
+    median_over_rounds,
+    percentiles,
+    split_list,
+    write_and_report,
+)
+
 DATASETS = REPO.parent / "shared" / "datasets"
 DEFAULT_SOURCES = (
     REPO / "data" / "skills",
@@ -59,6 +69,8 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "exemplar_search.json"
 STRUCTURES = ("numpy", "flat", "hnsw")
 BASELINE = "flat"
 RECALL_AT = (1, 10)
+LIBRARIES = ("faiss-cpu", "numpy", "torch", "sentence-transformers")
+"""Distributions whose versions are stored with the results."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -114,12 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_CACHE,
         help=f"embedding cache, reused while texts and model are unchanged (default: {DEFAULT_CACHE})",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"where to write the JSON results (default: {DEFAULT_OUT})",
-    )
+    add_out_argument(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
 
     try:
@@ -131,14 +138,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--sizes must be integers of at least 10, got {args.sizes}")
     if any(value < 1 for value in args.ef_search):
         parser.error(f"--ef-search values must be positive, got {args.ef_search}")
-    structures = [name.strip() for name in args.structures.split(",") if name.strip()]
+    structures = split_list(args.structures)
     unknown = [name for name in structures if name not in STRUCTURES]
     if unknown:
         parser.error(f"unknown structure {unknown}: choose from {', '.join(STRUCTURES)}")
     args.structures = [BASELINE] + [name for name in STRUCTURES if name in structures and name != BASELINE]
-    for name in ("queries", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    check_at_least(parser, args, ("queries", "rounds"))
     if not 0 < args.copy_similarity < 1:
         parser.error(f"--copy-similarity must be between 0 and 1, got {args.copy_similarity}")
     return args
@@ -237,7 +242,7 @@ def time_batch_1_us(index, queries: np.ndarray, k: int) -> dict[str, float]:
         started = time.perf_counter()
         index.search(query, k)
         timings[row] = (time.perf_counter() - started) * 1e6
-    return {"p50_us": float(np.percentile(timings, 50)), "p99_us": float(np.percentile(timings, 99))}
+    return percentiles(timings, (50, 99), unit="us")
 
 
 def time_batch_32_qps(index, queries: np.ndarray, k: int) -> float:
@@ -292,9 +297,7 @@ def measure_size(
             index.ef_search = ef_search
         ids = index.search(queries, k)[1]
         measured = per_round[name]
-        results[name].update(
-            {key: statistics.median(stats[key] for stats in measured) for key in measured[0]}
-        )
+        results[name].update(median_over_rounds(measured))
         results[name].update({f"recall_at_{at}": recall_at(ids, truth, at) for at in RECALL_AT})
         results[name]["rounds"] = measured
 
@@ -314,29 +317,12 @@ def exemplar_vectors(pool: np.ndarray, size: int, copy_similarity: float) -> tup
     return np.concatenate([pool, copies]), real
 
 
-def machine() -> dict:
-    libraries = {}
-    for name in ("faiss-cpu", "numpy", "torch", "sentence-transformers"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0],
-        "threads": 1,
-        "libraries": libraries,
-    }
-
-
 def print_report(result: dict) -> None:
+    machine = result["machine"]
     print(
         f"{result['queries']} held-out queries (batch 1: the first 500), k = {max(RECALL_AT)}, "
-        f"{result['rounds_count']} rounds, 1 thread, {result['machine']['cpus']} CPUs, "
-        f"load average {result['machine']['load_average_1m']:.2f} at the start, "
-        f"{result['machine']['load_average_1m_end']:.2f} at the end"
+        f"{result['rounds_count']} rounds, 1 thread, {machine['cpus']} CPUs, "
+        f"{describe_load_average(machine['load_average_1m'], machine['load_average_1m_end'])}"
     )
     print()
     header = (
@@ -359,7 +345,6 @@ def print_report(result: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    sys.path.insert(0, str(REPO))
 
     import faiss
     import threadpoolctl
@@ -385,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "queries": len(queries),
         "copy_similarity": args.copy_similarity,
         "rounds_count": args.rounds,
-        "machine": machine(),
+        "machine": machine_info(LIBRARIES, threads=1),
         "sizes": {},
     }
     for size in args.sizes:
@@ -394,10 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["sizes"][str(size)] = {"real": real, "structures": structures}
     result["machine"]["load_average_1m_end"] = os.getloadavg()[0]
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

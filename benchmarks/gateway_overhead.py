@@ -26,23 +26,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_DATA,
+    add_out_argument,
+    check_at_least,
+    describe_load_average,
+    load_texts,
+    median_over_rounds,
+    percentiles,
+    platform_info,
+    write_and_report,
+)
 from benchmarks.http_load import run_load  # noqa: E402
-from benchmarks.routing_latency import DEFAULT_DATA, load_texts  # noqa: E402
 from tests.server_process import ADAPTER_ROUTER, ServerProcess, free_port  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gateway_overhead.json"
@@ -98,15 +104,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="PyTorch intra-op threads of the gateway, set through OMP_NUM_THREADS (default: 1)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"where to write the JSON results (default: {DEFAULT_OUT})",
-    )
+    add_out_argument(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    check_at_least(parser, args, ("rounds",))
     return args
 
 
@@ -140,11 +140,7 @@ def send_requests(url: str, model: str, texts: Sequence[str], concurrency: int, 
         return {"model": model, "messages": [message], "max_tokens": 16}
 
     result = run_event_loop(run_load(url, make_body, concurrency, count))
-    return {
-        "p50_ms": float(np.percentile(result.latencies_ms, 50)),
-        "p99_ms": float(np.percentile(result.latencies_ms, 99)),
-        "requests_per_second": result.requests_per_second,
-    }
+    return {**percentiles(result.latencies_ms, (50, 99)), "requests_per_second": result.requests_per_second}
 
 
 def run_event_loop(coroutine):
@@ -175,11 +171,7 @@ def run_rounds(targets: dict[str, tuple[str, str]], texts: Sequence[str], args: 
 
     return {
         str(concurrency): {
-            name: {
-                **{key: statistics.median(stats[key] for stats in rounds) for key in rounds[0]},
-                "rounds": rounds,
-            }
-            for name, rounds in by_target.items()
+            name: {**median_over_rounds(rounds), "rounds": rounds} for name, rounds in by_target.items()
         }
         for concurrency, by_target in per_round.items()
     }
@@ -199,8 +191,8 @@ def print_report(result: dict) -> None:
     machine = result["machine"]
     print()
     print(
-        f"{result['rounds_count']} rounds, medians over rounds; {machine['cpus']} CPUs, load average "
-        f"{machine['load_average_1m']:.2f} at the start, {machine['load_average_1m_end']:.2f} at the end; "
+        f"{result['rounds_count']} rounds, medians over rounds; {machine['cpus']} CPUs, "
+        f"{describe_load_average(machine['load_average_1m'], machine['load_average_1m_end'])}; "
         f"the client, the gateway and the upstream share the machine"
     )
     print(
@@ -263,17 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gateway_torch_threads": args.torch_threads,
         "results": results,
         "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            **platform_info(),
             "load_average_1m": load_start,
             "load_average_1m_end": os.getloadavg()[0],
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

@@ -19,29 +19,28 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.routing_latency import (  # noqa: E402
-    BACKENDS,
+from benchmarks.common import (  # noqa: E402
     DEFAULT_DATA,
     build_router,
-    build_service,
+    describe_load_average,
     load_texts,
-    machine,
+    median_over_rounds,
+    percentiles,
+    split_list,
+    write_and_report,
 )
+from benchmarks.routing_latency import BACKENDS, build_service, machine  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "micro_batching.json"
 
@@ -71,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})"
     )
     args = parser.parse_args(argv)
-    args.backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    args.backends = split_list(args.backends)
     unknown = sorted(set(args.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backend {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
@@ -110,11 +109,7 @@ def route_concurrently(service, texts: Sequence[str], concurrency: int, count: i
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    return {
-        "decisions_per_second": count / wall,
-        "p50_ms": float(np.percentile(latencies, 50)),
-        "p99_ms": float(np.percentile(latencies, 99)),
-    }
+    return {"decisions_per_second": count / wall, **percentiles(latencies, (50, 99))}
 
 
 def measure(config, domain_router, backend: str, texts: Sequence[str], args: argparse.Namespace) -> dict:
@@ -148,8 +143,7 @@ def measure(config, domain_router, backend: str, texts: Sequence[str], args: arg
                     flush=True,
                 )
         results[str(concurrency)] = {
-            mode: {**{key: statistics.median(r[key] for r in runs) for key in runs[0]}, "rounds": runs}
-            for mode, runs in rounds.items()
+            mode: {**median_over_rounds(runs), "rounds": runs} for mode, runs in rounds.items()
         }
         on, off = results[str(concurrency)]["on"], results[str(concurrency)]["off"]
         on["throughput_vs_off"] = on["decisions_per_second"] / off["decisions_per_second"]
@@ -160,8 +154,8 @@ def print_report(result: dict) -> None:
     info = result["machine"]
     print(
         f"\n{result['rounds']} rounds of {result['prompts']} prompts, medians; "
-        f"{info['cpus']} CPUs, load average "
-        f"{info['load_average_1m']:.2f} at the start, {result['load_average_1m_end']:.2f} at the end"
+        f"{info['cpus']} CPUs, "
+        f"{describe_load_average(info['load_average_1m'], result['load_average_1m_end'])}"
     )
     print(
         f"{'backend':<10}{'threads':>8}{'batching':>9}{'decisions/s':>13}"
@@ -199,10 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": info,
         "load_average_1m_end": os.getloadavg()[0],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

@@ -25,28 +25,44 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
-import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "skills" / "skills.jsonl"
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    add_config_argument,
+    add_data_argument,
+    add_out_argument,
+    add_split_argument,
+    add_torch_threads_argument,
+    build_router,
+    check_at_least,
+    load_texts,
+    machine_info,
+    median_over_rounds,
+    percentiles,
+    routing_service,
+    split_list,
+    write_and_report,
+)
+
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "routing_latency.json"
 PERCENTILES = (50, 95, 99)
 
 
 BACKENDS = ("pytorch", "onnx", "onnx-int8")
 """Embedding backends, as ``router.embedding_backend`` names them in a gateway config."""
+LIBRARIES = ("torch", "sentence-transformers", "onnxruntime", "numpy", "faiss-cpu")
+"""Distributions whose versions are stored with the results."""
 
 
 def backend_embedder(config, backend: str):
@@ -59,23 +75,9 @@ def backend_embedder(config, backend: str):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help=f"labelled prompt set, JSONL with text, label, split (default: {DEFAULT_DATA})",
-    )
-    parser.add_argument(
-        "--split",
-        choices=["train", "validation", "test"],
-        default="test",
-        help="split of --data whose prompts are routed (default: test)",
-    )
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="gateway config whose router settings to use (default: the bundled data/default.yaml)",
-    )
+    add_data_argument(parser)
+    add_split_argument(parser, "split of --data whose prompts are routed (default: test)")
+    add_config_argument(parser)
     parser.add_argument(
         "--backends",
         default=",".join(BACKENDS),
@@ -105,21 +107,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=5,
         help="rounds of every measurement; medians over rounds are reported (default: 5)",
     )
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="PyTorch intra-op threads (default: 1; two threads on a 2-vCPU VM gave erratic timings)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"where to write the JSON results (default: {DEFAULT_OUT})",
-    )
+    add_torch_threads_argument(parser)
+    add_out_argument(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
 
-    args.backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    args.backends = split_list(args.backends)
     unknown = [name for name in args.backends if name not in BACKENDS]
     if unknown or not args.backends:
         known = ", ".join(BACKENDS)
@@ -127,55 +119,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
     if any(size < 1 for size in args.batch_sizes):
         parser.error(f"--batch-sizes must be positive integers, got {args.batch_sizes}")
-    for name in ("prompts", "batches", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    check_at_least(parser, args, ("prompts", "batches", "rounds"))
     return args
-
-
-def load_texts(path: Path, split: str) -> list[str]:
-    """Read the prompts of ``split`` from a JSONL prompt set, in a fixed shuffled order.
-
-    The skills prompt set is stored sorted by label, so without the shuffle the first prompts of a
-    split would all come from one domain. With it, any prefix is a sample of every domain.
-    """
-    if not path.is_file():
-        raise SystemExit(f"prompt set not found: {path}: pass the skills JSONL file with --data")
-    texts = []
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            record = json.loads(line)
-            if record["split"] == split:
-                texts.append(record["text"])
-    if not texts:
-        raise SystemExit(f"no rows with split {split!r} in {path}: check the file's 'split' values")
-    random.Random(0).shuffle(texts)
-    return texts
-
-
-def build_router(config):
-    """Return the router the gateway builds from ``config`` (trained, or loaded from its cache)."""
-    from router.router_loader import build_domain_router
-
-    return build_domain_router(config.router, config.adapters, max_chunks=config.conversation.max_chunks)
 
 
 def build_service(config, domain_router, embedder):
     """Wrap ``domain_router``, embedding with ``embedder`` instead, like the gateway does."""
-    from router.routing import RoutingService
-
     # NOTE: the head is trained on the default backend's embeddings and reused with every
     # backend, as a router artifact is when a backend embeds with the same model.
     domain_router = domain_router.with_thresholds(domain_router.thresholds)
     domain_router.embedder = embedder
-    return RoutingService(
-        domain_router,
-        config.adapters,
-        base_model=config.backend.base_model_name,
-        routing_alias=config.server.routing_alias,
-        conversation=config.conversation,
-        sessions=config.sessions,
-    )
+    return routing_service(config, domain_router)
 
 
 def time_calls_ms(call: Callable[[str], object], texts: Sequence[str]) -> np.ndarray:
@@ -192,10 +146,9 @@ def latency_stats(call: Callable[[str], object], texts: Sequence[str], rounds: i
     """Measure ``call`` at batch 1 for ``rounds`` rounds; return the median over rounds of each percentile."""
     per_round = []
     for _ in range(rounds):
-        timings = time_calls_ms(call, texts)
-        per_round.append({f"p{q}_ms": float(np.percentile(timings, q)) for q in PERCENTILES})
+        per_round.append(percentiles(time_calls_ms(call, texts), PERCENTILES))
     return {
-        **{key: statistics.median(stats[key] for stats in per_round) for key in per_round[0]},
+        **median_over_rounds(per_round),
         "calls_per_round": len(texts),
         "rounds": per_round,
     }
@@ -248,20 +201,8 @@ def add_ratios(backends: dict) -> None:
 
 
 def machine(torch_threads: int) -> dict:
-    libraries = {}
-    for name in ("torch", "sentence-transformers", "onnxruntime", "numpy", "faiss-cpu"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0],
-        "torch_threads": torch_threads,
-        "libraries": libraries,
-    }
+    """Describe the machine, the load now and the versions of ``LIBRARIES``, for the results."""
+    return machine_info(LIBRARIES, torch_threads=torch_threads)
 
 
 def print_report(result: dict) -> None:
@@ -302,7 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.torch_threads)
     logging.basicConfig(level=logging.WARNING)
-    sys.path.insert(0, str(REPO))
     from router.config import load_config
 
     config = load_config(args.config)
@@ -324,10 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_ratios(result["backends"])
     result["machine"]["load_average_1m_end"] = os.getloadavg()[0]
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

@@ -39,11 +39,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +53,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.skills_accuracy import BASE, DEFAULT_DATA, Row, load_rows, score  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_config_argument,
+    add_data_argument,
+    add_out_argument,
+    add_split_argument,
+    add_torch_threads_argument,
+    build_router,
+    check_at_least,
+    describe_load_average,
+    machine_info,
+    median_over_rounds,
+    percentiles,
+    routing_service,
+    write_and_report,
+)
+from benchmarks.skills_accuracy import BASE, Row, load_rows, score  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "semantic_router_compare.json"
 SITE_ENV = "SEMANTIC_ROUTER_SITE"
@@ -64,6 +76,8 @@ BASELINE = "adapter-router"
 CALIBRATED_THRESHOLD = 0.5
 """semantic-router's confidence threshold after ``fit``: its README sets 0.5 on the calibrated probability."""
 PERCENTILES = (50, 99)
+LIBRARIES = ("semantic-router", "sentence-transformers", "torch", "numpy", "scikit-learn", "faiss-cpu")
+"""Distributions whose versions are stored with the results."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -75,29 +89,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"folder semantic-router was installed into with pip --target, appended to sys.path "
         f"(default: ${SITE_ENV}, else the project's environment)",
     )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help=f"labelled prompt set, JSONL with text, label, split (default: {DEFAULT_DATA})",
-    )
-    parser.add_argument(
-        "--split",
-        choices=["validation", "test"],
-        default="test",
-        help="split of --data to evaluate (default: test)",
-    )
+    add_data_argument(parser)
+    add_split_argument(parser, "split of --data to evaluate (default: test)", choices=("validation", "test"))
     parser.add_argument(
         "--fit-split",
         choices=["train", "validation"],
         default="validation",
         help="split of --data semantic-router's calibration is fitted on (default: validation)",
     )
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="gateway config whose router settings to use (default: the bundled data/default.yaml)",
-    )
+    add_config_argument(parser)
     parser.add_argument(
         "--latency-prompts",
         type=int,
@@ -117,26 +117,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="skip the accuracy passes and semantic-router's calibration, which embed every row "
         "of both splits (default: measure accuracy too)",
     )
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="PyTorch intra-op threads (default: 1; two threads on a 2-vCPU VM gave erratic timings)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"where to write the JSON results (default: {DEFAULT_OUT})",
-    )
+    add_torch_threads_argument(parser)
+    add_out_argument(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
 
     if args.site is not None and not args.site.is_dir():
         parser.error(f"--site folder not found: {args.site}: pass the folder given to pip install --target")
     if args.latency_prompts < 0:
         parser.error(f"--latency-prompts must be 0 or more, got {args.latency_prompts}")
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    check_at_least(parser, args, ("rounds",))
     return args
 
 
@@ -159,33 +148,6 @@ def import_semantic_router(site: Path | None):
     return semantic_router
 
 
-class EmbeddingCache:
-    """An embedder that remembers each text's embedding, so that routers and passes share them.
-
-    Only the accuracy passes use it. Latency is measured on the uncached embedder.
-    """
-
-    def __init__(self, embedder) -> None:
-        self.embedder = embedder
-        self.name = embedder.name
-        self.dimension = embedder.dimension
-        self._vectors: dict[str, np.ndarray] = {}
-
-    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
-        """Embed ``texts`` like the wrapped embedder, computing only the texts not seen before."""
-        missing = list(dict.fromkeys(text for text in texts if text not in self._vectors))
-        if missing:
-            vectors = self.embedder.encode(missing, show_progress=show_progress)
-            self._vectors.update(zip(missing, vectors, strict=True))
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.stack([self._vectors[text] for text in texts])
-
-    def encode_chunked(self, texts: Sequence[str], *, show_progress: bool = False):
-        """Embed ``texts`` and report their windows. Not cached, because the chunking is not stored."""
-        return self.embedder.encode_chunked(texts, show_progress=show_progress)
-
-
 def make_encoder(semantic_router, embedder):
     """Build a semantic-router ``DenseEncoder`` that embeds with ``embedder``."""
     from semantic_router.encoders import DenseEncoder
@@ -200,24 +162,6 @@ def make_encoder(semantic_router, embedder):
             return self.embedder.encode([str(doc) for doc in docs]).tolist()
 
     return ProjectEncoder(name=embedder.name, embedder=embedder)
-
-
-def build_service(config):
-    """Build the router from the config and wrap it as the gateway does."""
-    from router.router_loader import build_domain_router
-    from router.routing import RoutingService
-
-    domain_router = build_domain_router(
-        config.router, config.adapters, max_chunks=config.conversation.max_chunks
-    )
-    return RoutingService(
-        domain_router,
-        config.adapters,
-        base_model=config.backend.base_model_name,
-        routing_alias=config.server.routing_alias,
-        conversation=config.conversation,
-        sessions=config.sessions,
-    )
 
 
 def build_routes(semantic_router, exemplars, skip_domains: frozenset[str] = frozenset()) -> list:
@@ -290,36 +234,16 @@ def measure_latency(targets: dict[str, Callable[[str], object]], texts: Sequence
                 call(text)
                 timings[name][position] = (time.perf_counter() - started) * 1000
         for name, values in timings.items():
-            per_round[name].append({f"p{q}_ms": float(np.percentile(values, q)) for q in PERCENTILES})
+            per_round[name].append(percentiles(values, PERCENTILES))
 
     results = {}
     for name, rounds_stats in per_round.items():
-        results[name] = {
-            **{key: statistics.median(stats[key] for stats in rounds_stats) for key in rounds_stats[0]},
-            "rounds": rounds_stats,
-        }
+        results[name] = {**median_over_rounds(rounds_stats), "rounds": rounds_stats}
     baseline = results[BASELINE]
     for stats in results.values():
         for q in PERCENTILES:
             stats[f"p{q}_ratio"] = stats[f"p{q}_ms"] / baseline[f"p{q}_ms"]
     return {**results, "calls_per_round": len(texts)}
-
-
-def machine(torch_threads: int) -> dict:
-    libraries = {}
-    for name in ("semantic-router", "sentence-transformers", "torch", "numpy", "scikit-learn", "faiss-cpu"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0],
-        "torch_threads": torch_threads,
-        "libraries": libraries,
-    }
 
 
 def print_accuracy(result: dict) -> None:
@@ -349,8 +273,7 @@ def print_report(result: dict) -> None:
     print(
         f"{result['rows']} rows of the {result['split']} split, {result['exemplars']} exemplars, "
         f"semantic-router {host['libraries']['semantic-router']}, {host['torch_threads']} torch thread(s), "
-        f"{host['cpus']} CPUs, load average {host['load_average_1m']:.2f} at the start, "
-        f"{host['load_average_1m_end']:.2f} at the end"
+        f"{host['cpus']} CPUs, {describe_load_average(host['load_average_1m'], host['load_average_1m_end'])}"
     )
 
     if result["accuracy"] is not None:
@@ -424,14 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.torch_threads)
     logging.basicConfig(level=logging.WARNING)
     semantic_router = import_semantic_router(args.site)
+    from evals.local_router import CachingEmbedder
     from router.config import load_config
 
-    host = machine(args.torch_threads)
+    host = machine_info(LIBRARIES, torch_threads=args.torch_threads)
     config = load_config(args.config)
     rows = load_rows(args.data, args.split)
     fit_rows = load_rows(args.data, args.fit_split)
 
-    service = build_service(config)
+    service = routing_service(config, build_router(config))
     domain_router = service.domain_router
     embedder = domain_router.embedder
     fallback_domains = domain_router.fallback_domains
@@ -439,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Every text is embedded once, and the embedding shared by all routers, in the accuracy
     # passes. Latency is measured with the uncached embedder on both sides.
-    cache = EmbeddingCache(embedder)
+    cache = CachingEmbedder(embedder)
     routes = build_routes(semantic_router, exemplars)
     default_router = semantic_router.IndexedRouter(
         encoder=make_encoder(semantic_router, cache), routes=routes
@@ -489,10 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result["machine"]["load_average_1m_end"] = os.getloadavg()[0]
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

@@ -21,10 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,7 +34,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "skills" / "skills.jsonl"
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    add_config_argument,
+    add_data_argument,
+    add_out_argument,
+    add_split_argument,
+    platform_info,
+    read_split,
+    routing_service,
+    write_and_report,
+)
+from evals.dataset import file_sha256  # noqa: E402
+
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "skills_accuracy.json"
 BASE = "base"
 """Route name for rows the base model serves, in confusion tables."""
@@ -55,23 +64,9 @@ class Row:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help=f"labelled prompt set, JSONL with text, label, split (default: {DEFAULT_DATA})",
-    )
-    parser.add_argument(
-        "--split",
-        choices=["train", "validation", "test"],
-        default="test",
-        help="split of --data to evaluate (default: test)",
-    )
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="gateway config whose router settings to use (default: the bundled data/default.yaml)",
-    )
+    add_data_argument(parser)
+    add_split_argument(parser, "split of --data to evaluate (default: test)")
+    add_config_argument(parser)
     parser.add_argument(
         "--confidence-threshold",
         type=float,
@@ -85,12 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="override the config's router.out_of_domain_threshold, a cosine similarity "
         "(default: the config's value)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"where to write the JSON results (default: {DEFAULT_OUT})",
-    )
+    add_out_argument(parser, DEFAULT_OUT)
     parser.add_argument(
         "--latency-prompts",
         type=int,
@@ -121,35 +111,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_rows(path: Path, split: str) -> list[Row]:
     """Read the rows of ``split`` from a JSONL prompt set."""
-    if not path.is_file():
-        raise SystemExit(f"prompt set not found: {path}: pass the skills JSONL file with --data")
-    rows = []
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            record = json.loads(line)
-            if record["split"] == split:
-                rows.append(Row(record["text"], record["label"], record.get("source", "")))
-    if not rows:
-        raise SystemExit(f"no rows with split {split!r} in {path}: check the file's 'split' values")
-    return rows
+    return [
+        Row(record["text"], record["label"], record.get("source", "")) for record in read_split(path, split)
+    ]
 
 
 def build_service(config, head: str, cache_dir: str):
     """Train a router from the config's router settings with ``head`` and wrap it like the gateway."""
     from router.router_loader import build_domain_router
-    from router.routing import RoutingService
 
     # A fresh cache folder makes every run train the router instead of loading an earlier one.
     settings = config.router.model_copy(update={"head": head, "cache_dir": cache_dir})
     domain_router = build_domain_router(settings, config.adapters, max_chunks=config.conversation.max_chunks)
-    return RoutingService(
-        domain_router,
-        config.adapters,
-        base_model=config.backend.base_model_name,
-        routing_alias=config.server.routing_alias,
-        conversation=config.conversation,
-        sessions=config.sessions,
-    )
+    return routing_service(config, domain_router)
 
 
 def gateway_routes(service, texts: Sequence[str]) -> tuple[list[str], list[str], Counter]:
@@ -263,21 +237,11 @@ def routing_latency_ms(service, texts: Sequence[str], rounds: int) -> dict:
     }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def machine() -> dict:
     import torch
 
     return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **platform_info(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.is_available(),
         "libraries": {
@@ -337,7 +301,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.torch_threads)
-    sys.path.insert(0, str(REPO))
     from router.config import load_config
 
     config = load_config(args.config)
@@ -423,10 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
     }
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_report(result)
-    print(f"\nwrote {args.out}")
+    write_and_report(result, args.out, print_report)
     return 0
 
 

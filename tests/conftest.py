@@ -270,3 +270,22 @@ def static_embedder(router_cache: Path) -> StaticEmbedder:
     routers built with ``cascade_threshold`` find the cached table.
     """
     return StaticEmbedder(cache_dir=str(router_cache / "static"))
+
+
+from scripted_server import ScriptedServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scripted_server() -> Iterator[ScriptedServer]:
+    """A :class:`ScriptedServer` on 127.0.0.1, one per test module."""
+    server = ScriptedServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scripted(scripted_server: ScriptedServer) -> Iterator[ScriptedServer]:
+    """The module's scripted server, with an empty script and no recorded requests."""
+    scripted_server.reset()
+    yield scripted_server
+    scripted_server.reset()

@@ -103,21 +103,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def scripted_server() -> Iterator[ScriptedServer]:
-    server = ScriptedServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def scripted(scripted_server: ScriptedServer) -> Iterator[ScriptedServer]:
-    """The module's scripted server, with an empty script and no recorded requests."""
-    scripted_server.reset()
-    yield scripted_server
-    scripted_server.reset()
-
-
 @pytest.fixture
 def client(gateway: ServerProcess) -> Iterator[RouterClient]:
     with RouterClient(gateway.url, timeout=60) as client:

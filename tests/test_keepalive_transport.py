@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from scripted_server import Reply, ScriptedServer, json_reply
+from scripted_server import Reply, json_reply
 
 from router.backends.keepalive_transport import KeepAliveTransport
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = httpx.Timeout(connect=2.0, read=0.5, write=2.0, pool=0.5)
-
-
-@pytest.fixture(scope="module")
-def scripted_server() -> Iterator[ScriptedServer]:
-    server = ScriptedServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def scripted(scripted_server: ScriptedServer) -> Iterator[ScriptedServer]:
-    scripted_server.reset()
-    yield scripted_server
-    scripted_server.reset()
 
 
 @pytest.fixture
