@@ -9,11 +9,13 @@ embeddings; the mean over tokens is what ``1_Pooling/config.json`` of all-MiniLM
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +214,10 @@ def exported_model_path(folder: Path, cache_dir: Path, *, quantize: bool) -> Pat
 
         logger.info("quantizing %s to int8 weights", fp32_path)
         partial = int8_path.with_suffix(".partial")
-        quantize_dynamic(str(fp32_path), str(partial), weight_type=QuantType.QInt8, per_channel=True)
+        # The quantizer logs about 40 lines and a hint through the root logger. They are hidden
+        # for the few seconds it runs, once per model, so they do not flood the gateway's log.
+        with _root_logging_at(logging.ERROR):
+            quantize_dynamic(str(fp32_path), str(partial), weight_type=QuantType.QInt8, per_channel=True)
         os.replace(partial, int8_path)
     return int8_path if quantize else fp32_path
 
@@ -251,7 +256,11 @@ def export_to_onnx(folder: Path, path: Path) -> None:
     # torch.export-based one needs the onnxscript package, which is not a dependency yet.
     # Written under another name and renamed, so a crash never leaves a half-written model behind.
     partial = path.with_suffix(".partial")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about Python conditions in the attention code; they are constant for
+        # this model's inputs, and the export is checked against PyTorch in the tests.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
             HiddenStates(),
             tuple(sample.values()),
@@ -263,6 +272,17 @@ def export_to_onnx(folder: Path, path: Path) -> None:
             dynamo=False,
         )
     os.replace(partial, path)
+
+
+@contextlib.contextmanager
+def _root_logging_at(level: int) -> Iterator[None]:
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
 
 
 __all__ = ["OnnxEmbedder"]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from classifier import DomainRouter, Embedder, FallbackReason, Prediction
+from classifier.cascade import CascadeRouter
 from classifier.embedding import Chunking
 from evals.dataset import EvalRecord
 from evals.label_map import BASE_MODEL, RouterDomains
@@ -144,10 +145,10 @@ class LocalRouter:
         """
         outcomes: list[RoutingOutcome | None] = [None] * len(records)
         plain = [i for i, record in enumerate(records) if record.messages is None]
-        embeddings = self.router.embedder.encode(
-            [records[i].text for i in plain], show_progress=self.show_progress
+        predictions = self._predict(
+            [records[i].text for i in plain], self.router.embedder, show_progress=self.show_progress
         )
-        for i, prediction in zip(plain, self.router.predict_embeddings(embeddings, nearest=3), strict=True):
+        for i, prediction in zip(plain, predictions, strict=True):
             outcomes[i] = self._outcome(prediction)
 
         for i, record in enumerate(records):
@@ -215,9 +216,28 @@ class LocalRouter:
 
     def _timed_route(self, texts: list[str]) -> float:
         started = time.perf_counter()
-        embeddings = self.embedder.encode(texts)
-        self.router.predict_embeddings(embeddings)
+        self._predict(texts, self.embedder)
         return (time.perf_counter() - started) * 1000
+
+    def _predict(
+        self, texts: list[str], embedder: Embedder, *, show_progress: bool = False
+    ) -> list[Prediction]:
+        """Classify ``texts``, embedding with ``embedder``; a cascade's static stage decides first.
+
+        The static stage of a :class:`CascadeRouter` (``router.cascade_threshold``) decides the
+        texts it is confident about, and only the others are embedded, as in the gateway.
+        """
+        decided: list[Prediction | None] = [None] * len(texts)
+        if isinstance(self.router, CascadeRouter):
+            decided = self.router.predict_static(texts, nearest=3)
+        rest = [i for i, prediction in enumerate(decided) if prediction is None]
+        if rest:
+            embeddings = embedder.encode([texts[i] for i in rest], show_progress=show_progress)
+            for i, prediction in zip(
+                rest, self.router.predict_embeddings(embeddings, nearest=3), strict=True
+            ):
+                decided[i] = prediction
+        return [prediction for prediction in decided if prediction is not None]
 
     def _outcome(self, prediction: Prediction) -> RoutingOutcome:
         domain = prediction.domain

@@ -255,3 +255,18 @@ def test_conversation_needs_context_threshold(cascade: CascadeRouter) -> None:
     assert decided is not None and decided.domain == "math"
     assert undecided_report.stage is CascadeStage.TRANSFORMER
     assert undecided is not None and undecided.domain == "math"
+
+
+def test_eval_routes_through_the_cascade(cascade: CascadeRouter) -> None:
+    from evals.dataset import EvalRecord
+    from evals.local_router import LocalRouter
+
+    texts = [SMALL_TALK, MATH, "Write a SQL query that counts orders per customer"]
+    records = [EvalRecord(text, "unused", "test", line) for line, text in enumerate(texts, start=1)]
+    local = LocalRouter("cascade", cascade, cascade.embedder, latency_samples=3, batch_size=2)
+
+    outcomes = local.route(records)
+
+    expected = cascade.predict(texts)
+    assert [outcome.confidence for outcome in outcomes] == [p.confidence for p in expected]
+    assert local.latency(records)["batch_1"]["calls"] == 3
