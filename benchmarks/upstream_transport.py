@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +28,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import (  # noqa: E402
+    add_out_argument,
+    describe_load_average,
+    machine_info,
+    median_over_rounds,
+    write_and_report,
+)
 from router.backends.keepalive_transport import KeepAliveTransport  # noqa: E402
 from tests.server_process import ServerProcess, free_port  # noqa: E402
 
@@ -43,9 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement (default: 3000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default: 3)")
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})"
-    )
+    add_out_argument(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.requests < max(CONCURRENCY) or args.rounds < 1:
         parser.error(f"--requests must be at least {max(CONCURRENCY)} and --rounds at least 1")
@@ -91,17 +93,29 @@ async def run(url: str, args: argparse.Namespace) -> dict:
                     )
     return {
         name: {
-            str(concurrency): {key: statistics.median(stats[key] for stats in runs) for key in runs[0]}
-            | {"rounds": runs}
+            str(concurrency): {**median_over_rounds(runs), "rounds": runs}
             for concurrency, runs in by_concurrency.items()
         }
         for name, by_concurrency in rounds.items()
     }
 
 
+def print_report(result: dict) -> None:
+    machine = result["machine"]
+    load = describe_load_average(machine["load_average_1m"], machine["load_average_1m_end"])
+    print(f"\n{result['rounds']} rounds of {result['requests']} requests, medians; {load}")
+    print(f"{'transport':<12}{'in flight':>10}{'CPU ms/request':>16}{'req/s':>8}{'CPU vs httpcore':>17}")
+    for name, by_concurrency in result["results"].items():
+        for concurrency, stats in by_concurrency.items():
+            print(
+                f"{name:<12}{concurrency:>10}{stats['cpu_ms_per_request']:>16.3f}"
+                f"{stats['requests_per_second']:>8.0f}{stats['cpu_vs_httpcore']:>17.2f}"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    load_start = os.getloadavg()[0]
+    machine = machine_info(["httpx", "httptools"])
     with tempfile.TemporaryDirectory(prefix="upstream-transport-") as folder:
         port = free_port()
         upstream = ServerProcess(
@@ -124,35 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stats["cpu_vs_httpcore"] = (
                 stats["cpu_ms_per_request"] / baseline[concurrency]["cpu_ms_per_request"]
             )
-    result = {
-        "requests": args.requests,
-        "rounds": args.rounds,
-        "results": results,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "httpx": httpx.__version__,
-            "load_average_1m": load_start,
-            "load_average_1m_end": os.getloadavg()[0],
-        },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-
-    machine = result["machine"]
-    print(
-        f"\n{args.rounds} rounds of {args.requests} requests, medians; load average "
-        f"{machine['load_average_1m']:.2f} at the start, {machine['load_average_1m_end']:.2f} at the end"
-    )
-    print(f"{'transport':<12}{'in flight':>10}{'CPU ms/request':>16}{'req/s':>8}{'CPU vs httpcore':>17}")
-    for name, by_concurrency in results.items():
-        for concurrency, stats in by_concurrency.items():
-            print(
-                f"{name:<12}{concurrency:>10}{stats['cpu_ms_per_request']:>16.3f}"
-                f"{stats['requests_per_second']:>8.0f}{stats['cpu_vs_httpcore']:>17.2f}"
-            )
-    print(f"\nwrote {args.out}")
+    machine["load_average_1m_end"] = os.getloadavg()[0]
+    result = {"requests": args.requests, "rounds": args.rounds, "results": results, "machine": machine}
+    write_and_report(result, args.out, print_report)
     return 0
 
 
