@@ -99,6 +99,8 @@ class Gateway:
             If ``model`` is neither the routing alias, the base model nor an adapter.
         """
         self.routing.check_model(model)
+        if model != self.routing.routing_alias:  # a named model: nothing to embed, so no thread
+            return self.routing.route(model, text, request_id=request_id)
         return await anyio.to_thread.run_sync(lambda: self.routing.route(model, text, request_id=request_id))
 
     async def route_chat(
@@ -116,6 +118,10 @@ class Gateway:
     ) -> RouteDecision:
         """Route a conversation; the embedding runs on a worker thread."""
         self.routing.check_model(model)
+        if model != self.routing.routing_alias:  # a named model: nothing to embed, so no thread
+            return self.routing.route_conversation(
+                model, messages, session_id=session_id, request_id=request_id
+            )
         return await anyio.to_thread.run_sync(
             lambda: self.routing.route_conversation(
                 model, messages, session_id=session_id, request_id=request_id
