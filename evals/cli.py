@@ -72,7 +72,8 @@ def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="also evaluate another router, as KEY=VALUE pairs separated by commas that change the main "
         "one (head=knn, confidence_mode=score_x_similarity, confidence_threshold=0.4, "
-        "out_of_domain_threshold=0.2, embedding_model=PATH, embedding_backend=onnx-int8, name=NAME) "
+        "out_of_domain_threshold=0.2, embedding_model=PATH, embedding_backend=onnx-int8, "
+        "cascade_threshold=0.8, name=NAME) "
         "or name another source "
         "(router=DIR, config=FILE, url=URL); a value without '=' is an artifact folder. Repeat for more",
     )

@@ -110,8 +110,13 @@ class LocalRouter:
         self._fallback_domains = frozenset(router.fallback_domains | unserved)
 
     def describe(self) -> dict[str, Any]:
-        """Return the source, head, embedding model, training data, confidence mode and thresholds."""
+        """Return the source, head, embedding model, training data, confidence mode and thresholds.
+
+        ``cascade_threshold`` is the confidence from which a static stage decides, ``None``
+        without a cascade.
+        """
         thresholds = self.router.thresholds
+        cascade = self.router.threshold if isinstance(self.router, CascadeRouter) else None
         return {
             "context_turns": self.conversation.context_turns,
             "source": self.source,
@@ -127,6 +132,7 @@ class LocalRouter:
                 "domains": dict(thresholds.domains),
                 "out_of_domain": thresholds.out_of_domain,
             },
+            "cascade_threshold": cascade,
         }
 
     def domains(self) -> RouterDomains:

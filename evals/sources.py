@@ -30,6 +30,7 @@ from classifier import (
     read_manifest,
     train_router,
 )
+from classifier.cascade import CascadeRouter
 from classifier.embedding import resolve_model_path
 from evals.dataset import EvalRecord, select_split
 from evals.errors import EvalError
@@ -49,6 +50,7 @@ OVERRIDE_KEYS = (
     "out_of_domain_threshold",
     "context_turns",
     "embedding_backend",
+    "cascade_threshold",
 )
 EMBEDDING_BACKENDS = ("pytorch", "onnx", "onnx-int8")
 SPEC_KEYS = ("name", *SOURCE_KEYS, *TRAINING_KEYS, *OVERRIDE_KEYS)
@@ -62,7 +64,8 @@ class RouterSpec:
     ``embedding_model`` apply to training only; the threshold and confidence-mode overrides
     apply to every local router. ``embedding_backend`` embeds with that backend of the router's
     embedding model while keeping the router's head, so that a comparison shows what the backend
-    alone changes.
+    alone changes. ``cascade_threshold`` puts the gateway's static-embedding stage in front of the
+    router (distilled and cached as ``router.cascade_threshold`` does).
     """
 
     name: str | None = None
@@ -77,6 +80,7 @@ class RouterSpec:
     out_of_domain_threshold: float | None = None
     context_turns: int | None = None
     embedding_backend: str | None = None
+    cascade_threshold: float | None = None
 
     def display_name(self) -> str:
         """Return the row name: ``name``, or a short form of the source and overrides."""
@@ -225,6 +229,8 @@ class RouterBuilder:
         if spec.embedding_backend is not None:
             router = router.with_thresholds(router.thresholds)
             router.embedder = self._backend_embedder(router.embedding_model, spec.embedding_backend)
+        if spec.cascade_threshold is not None:
+            router = with_cascade(router, spec.cascade_threshold)
         if spec.context_turns is not None:
             conversation = conversation.model_copy(update={"context_turns": spec.context_turns})
         return LocalRouter(
@@ -311,6 +317,21 @@ def _uncached(embedder: Embedder) -> Embedder:
     return embedder.embedder if isinstance(embedder, CachingEmbedder) else embedder
 
 
+def with_cascade(router: DomainRouter, threshold: float) -> DomainRouter:
+    """Return ``router`` behind a static-embedding stage that decides from confidence ``threshold``."""
+    from router.config import RouterSettings
+    from router.router_loader import add_cascade
+
+    if isinstance(router, CascadeRouter):
+        return CascadeRouter(
+            DomainRouter.with_thresholds(router, router.thresholds), router.static_router, threshold=threshold
+        )
+    cache_dir = RouterSettings.model_fields["cache_dir"].default
+    return add_cascade(
+        router, embedding_model=router.embedding_model, cache_dir=cache_dir, threshold=threshold
+    )
+
+
 def with_overrides(router: DomainRouter, spec: RouterSpec) -> DomainRouter:
     """Return ``router`` with the spec's thresholds and confidence mode applied.
 
@@ -341,13 +362,13 @@ def _spec_value(key: str, value: str, text: str) -> str | float | int:
         if not value.isdigit() or int(value) > 32:
             raise EvalError(f"invalid --compare {text!r}: context_turns must be a whole number from 0 to 32")
         return int(value)
-    if key not in ("confidence_threshold", "out_of_domain_threshold"):
+    if key not in ("confidence_threshold", "out_of_domain_threshold", "cascade_threshold"):
         return value
     try:
         number = float(value)
     except ValueError:
         raise EvalError(f"invalid --compare {text!r}: {key} must be a number, got {value!r}") from None
-    low = 0.0 if key == "confidence_threshold" else -1.0
+    low = -1.0 if key == "out_of_domain_threshold" else 0.0
     if not low <= number <= 1.0:
         raise EvalError(f"invalid --compare {text!r}: {key} must be between {low:g} and 1, got {number:g}")
     return number

@@ -56,9 +56,25 @@ def build_cascade(
     distilled from ``settings.embedding_model`` at first use and its router trained once. Both
     are cached under ``cache_dir``, so later starts load them.
     """
-    cache_dir = Path(settings.cache_dir).expanduser()
-    static_embedder = StaticEmbedder(settings.embedding_model, cache_dir=str(cache_dir / "static"))
-    static_router = _static_router(domain_router, static_embedder, cache_dir)
+    return add_cascade(
+        domain_router,
+        embedding_model=settings.embedding_model,
+        cache_dir=settings.cache_dir,
+        threshold=threshold,
+    )
+
+
+def add_cascade(
+    domain_router: DomainRouter, *, embedding_model: str, cache_dir: str, threshold: float
+) -> CascadeRouter:
+    """Put a static stage distilled from ``embedding_model`` in front of ``domain_router``.
+
+    The distilled table and the static router are cached under ``cache_dir``, as for
+    :func:`build_cascade`.
+    """
+    cache = Path(cache_dir).expanduser()
+    static_embedder = StaticEmbedder(embedding_model, cache_dir=str(cache / "static"))
+    static_router = _static_router(domain_router, static_embedder, cache)
     logger.info("routing through the static-embedding cascade at confidence %s", threshold)
     return CascadeRouter(domain_router, static_router, threshold=threshold)
 

@@ -270,3 +270,49 @@ def test_eval_routes_through_the_cascade(cascade: CascadeRouter) -> None:
     expected = cascade.predict(texts)
     assert [outcome.confidence for outcome in outcomes] == [p.confidence for p in expected]
     assert local.latency(records)["batch_1"]["calls"] == 3
+
+
+def test_eval_compare_adds_cascade(
+    cascade: CascadeRouter,
+    router_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from router.cli import main
+
+    # The eval command caches under ~/.cache/adapter-router: reuse the table distilled above.
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "adapter-router").symlink_to(router_cache)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    fixtures = Path(__file__).with_name("fixtures")
+    training = ["--train-split", "train", "--label-map", str(fixtures / "eval_label_map.json")]
+
+    status = main(
+        [
+            "eval",
+            str(fixtures / "eval_small.jsonl"),
+            "--split",
+            "test",
+            *training,
+            "--fallback-label",
+            "general",
+            "--latency-samples",
+            "4",
+            "--compare",
+            "cascade_threshold=0.8",
+            "--json",
+        ]
+    )
+
+    routers = json.loads(capsys.readouterr().out)["routers"]
+    assert status == 0
+    assert [router["name"] for router in routers] == [
+        "trained on train",
+        "trained on train, cascade_threshold=0.8",
+    ]
+    assert routers[1]["metrics"]["records"] == routers[0]["metrics"]["records"]
+    assert routers[0]["router"]["cascade_threshold"] is None
+    assert routers[1]["router"]["cascade_threshold"] == 0.8
