@@ -69,15 +69,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})"
     )
+
     args = parser.parse_args(argv)
     args.backends = split_list(args.backends)
     unknown = sorted(set(args.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backend {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+
     try:
         args.concurrency = [int(value) for value in args.concurrency.split(",")]
     except ValueError:
         parser.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
+
     if min(args.concurrency) < 1 or args.prompts < max(args.concurrency) or args.rounds < 1:
         parser.error("--concurrency values must be at least 1, --prompts at least the largest, --rounds >= 1")
     return args

@@ -1,9 +1,9 @@
 """A two-stage router: a static-embedding router decides the texts it is sure of, the transformer the rest.
 
 Both stages are trained on the same exemplars. The static stage embeds a text in tens of
-microseconds (see :class:`~classifier.static_embedding.StaticEmbedder`) but is less accurate, so
-its prediction is kept only when it routes to a domain with a confidence of at least
-``threshold``; any other text is embedded and classified by the transformer router.
+microseconds (see :class:`~classifier.static_embedding.StaticEmbedder`) but is less accurate.
+Its prediction is therefore kept only when it routes to a domain with a confidence of at least
+``threshold``. The transformer router embeds and classifies every other text.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class CascadeRouter(DomainRouter):
     """A :class:`DomainRouter` whose static stage decides confident texts before the transformer runs.
 
     It behaves as the transformer router ``router`` everywhere (domains, embedder, head, index,
-    thresholds), except that :meth:`predict` first asks ``static_router``. A static prediction is
+    thresholds), except that :meth:`predict` runs ``static_router`` first. A static prediction is
     used when it routes to a domain under the transformer router's thresholds and its confidence
     is at least ``threshold``. A static prediction never falls back: a text the static stage is
     unsure of, finds out of domain or sends to a fallback domain goes to the transformer.

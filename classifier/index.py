@@ -15,9 +15,9 @@ With L2-normalised vectors the scores are cosine similarities. Three structures 
 
 ``kind="auto"`` picks ``hnsw`` when there are at least ``HNSW_MIN_EXEMPLARS`` vectors and
 ``numpy`` below. ``flat`` has no range of its own. In ``benchmarks/exemplar_search.py`` (figures
-in ``docs/benchmarks.md``), ``numpy`` took between 0.76 and 1.03 times the time of ``flat`` for one
-query, because it runs the same faiss scan, and searched batches of 32 queries 1.5 to 5.9 times
-faster, from 100 to 100,000 exemplars.
+in ``docs/benchmarks.md``), ``numpy`` took 0.76 to 1.03 times the time of ``flat`` for one query,
+because it runs the same faiss scan. It searched batches of 32 queries 1.5 to 5.9 times faster,
+from 100 to 100,000 exemplars.
 """
 
 from __future__ import annotations

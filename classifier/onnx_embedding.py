@@ -257,8 +257,8 @@ def export_to_onnx(folder: Path, path: Path) -> None:
     # Written under another name and renamed, so a crash never leaves a half-written model behind.
     partial = path.with_suffix(".partial")
     with torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about Python conditions in the attention code; they are constant for
-        # this model's inputs, and the export is checked against PyTorch in the tests.
+        # The tracer warns about Python conditions in the attention code. They are constant for
+        # this model's inputs, and the tests check the export against PyTorch.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(

@@ -68,18 +68,18 @@ def _keys(configured: Iterable[str], variable: str, environ: Mapping[str, str] |
     return [key.strip() for key in [*configured, *from_env] if key.strip()]
 
 
-def _matches_any(given: bytes, keys: list[bytes]) -> bool:
-    """Compare ``given`` with every key in constant time per key, so the time taken does not tell
+def _matches_any(token: bytes, keys: list[bytes]) -> bool:
+    """Compare ``token`` with every key in constant time per key, so the time taken does not tell
     which key a guess came close to."""
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(given, key)
+        matched |= hmac.compare_digest(token, key)
     return matched
 
 
 def _bearer_token(headers: Headers) -> str:
-    scheme, _, given = headers.get("authorization", "").partition(" ")
-    return given.strip() if scheme.lower() == "bearer" else ""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 class AdminKeys:
@@ -106,20 +106,20 @@ class AdminKeys:
                 f"Not found: {method} {path}. Admin endpoints are enabled by server.admin_api_keys "
                 f"or {ADMIN_KEYS_ENV}."
             )
-        given = _bearer_token(headers)
-        if _matches_any(given.encode(), self._keys):
+        token = _bearer_token(headers)
+        if _matches_any(token.encode(), self._keys):
             return
 
         logger.warning(
             "request %s: HTTP 401, %s for %s %s",
             request_id,
-            "a wrong admin key" if given else "no admin key",
+            "a wrong admin key" if token else "no admin key",
             method,
             path,
         )
         raise AuthenticationError(
             "Invalid admin key: send an admin key (server.admin_api_keys) as 'Authorization: Bearer <key>'."
-            if given
+            if token
             else "Missing admin key: send it as 'Authorization: Bearer <key>'."
         )
 
@@ -142,17 +142,17 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and _matches_any(given.strip().encode(), self._keys):
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and _matches_any(token.strip().encode(), self._keys):
             await self.app(scope, receive, send)
             return
 
         request_id = scope.get("state", {}).get("request_id", "-")
-        reason = "a wrong API key" if given else "no API key"
+        reason = "a wrong API key" if token else "no API key"
         logger.info("request %s: HTTP 401, %s for %s %s", request_id, reason, scope["method"], scope["path"])
         error = AuthenticationError(
             "Missing API key: send it as 'Authorization: Bearer <key>'."
-            if not given
+            if not token
             else "Invalid API key: check the key sent in 'Authorization: Bearer <key>'."
         )
         response = JSONResponse(

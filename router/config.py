@@ -38,8 +38,8 @@ class _Settings(BaseModel):
 class BatchingSettings(_Settings):
     """Micro-batching of the routing embeddings of concurrent requests (``classifier/batching.py``).
 
-    The thread that embeds a batch takes the oldest waiting requests up to both bounds; requests
-    that arrive meanwhile form the next batch, so batches grow with load.
+    A worker thread takes the oldest waiting requests up to both bounds and embeds them in one
+    call. Requests that arrive meanwhile form the next batch, so batches grow with load.
     """
 
     enabled: bool = True
@@ -73,9 +73,10 @@ class RouterSettings(_Settings):
     domain_thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     out_of_domain_threshold: Annotated[float, Field(ge=-1, le=1)] | None = None
     cascade_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
-    """Set to enable the static-embedding cascade: a router on static embeddings distilled from the
-    embedding model (cached under ``cache_dir``) decides a request alone when it routes to a domain
-    with at least this confidence, and the embedding model classifies every other request. Unset
+    """Confidence from which the static-embedding cascade decides a request alone. A router on
+    static embeddings distilled from the embedding model (cached under ``cache_dir``) decides a
+    request that it routes to a domain with at least this confidence. The embedding model
+    classifies every other request. Unset
     (the default) routes every request with the embedding model. On the skills test split, 0.8
     kept accuracy within 0.03 points of the default while the static stage decided 62% of the
     prompts (docs/benchmarks.md)."""

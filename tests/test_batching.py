@@ -148,11 +148,11 @@ def test_second_batch_runs_beside_a_held_one(embedder):
     batching = BatchingEmbedder(gated, max_concurrent_batches=2)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        held = pool.submit(batching.encode, ["held in the first batch"])
+        first_call = pool.submit(batching.encode, ["held in the first batch"])
         assert gated.entered.wait(30)
         second = batching.encode([TEXTS[0]])  # returns while the first batch is still held
         gated.release.set()
-        held.result(timeout=30)
+        first_call.result(timeout=30)
 
     np.testing.assert_allclose(second, embedder.encode([TEXTS[0]]), atol=1e-5)
     assert gated.batches == [["held in the first batch"], [TEXTS[0]]]

@@ -400,12 +400,19 @@ def test_activating_unknown_adapter_raises_adapter_error(demo_model):
 # Config validation
 
 
-def test_config_reports_every_problem_at_once(tmp_path, gateway, router_cache):
-    # The cache also holds static-embedding routers (static-*) when the cascade tests ran first.
+def trained_artifact(router_cache):
+    """Return the folder of the session's trained transformer router in ``router_cache``.
+
+    The cache also contains static-embedding routers (``static-*``) when the cascade tests ran first.
+    """
     trained = (
         path for path in (router_cache / "routers").glob("*/router.json") if "static" not in path.parent.name
     )
-    artifact = next(trained).parent
+    return next(trained).parent
+
+
+def test_config_reports_every_problem_at_once(tmp_path, gateway, router_cache):
+    artifact = trained_artifact(router_cache)
     other_model = tmp_path / "other-embedding-model"
     other_model.mkdir()
     config_file = tmp_path / "gateway.yaml"
@@ -435,11 +442,7 @@ def test_config_reports_every_problem_at_once(tmp_path, gateway, router_cache):
 
 
 def test_config_with_artifact_model_passes(tmp_path, gateway, router_cache):
-    # The cache also holds static-embedding routers (static-*) when the cascade tests ran first.
-    trained = (
-        path for path in (router_cache / "routers").glob("*/router.json") if "static" not in path.parent.name
-    )
-    artifact = next(trained).parent
+    artifact = trained_artifact(router_cache)
     config_file = tmp_path / "gateway.yaml"
     config = {
         "router": {"artifact": str(artifact), "embedding_model": "all-MiniLM-L6-v2"},

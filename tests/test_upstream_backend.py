@@ -401,8 +401,8 @@ def lorax_backend_results(
 ) -> tuple[BackendResult | AdapterUnavailableError, BackendResult]:
     """Send the same request with adapter ``math`` and then without an adapter, LoRAX-style.
 
-    The backend is driven in-process to see what the gateway receives; the upstream is the real
-    recorder process, responding as LoRAX does for an adapter it cannot load.
+    The backend runs in-process, so the test sees what the gateway receives. The upstream is the
+    real recorder process, which responds as LoRAX does for an adapter it cannot load.
     """
     settings = UpstreamBackendSettings(
         type="upstream",

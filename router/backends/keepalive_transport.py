@@ -304,9 +304,13 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(lambda: _Connection(origin), *origin)
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {origin[0]}:{origin[1]} timed out") from None
+            raise httpx.ConnectTimeout(
+                f"connecting to {origin[0]}:{origin[1]} timed out: check that the upstream is up"
+            ) from None
         except OSError as error:
-            raise httpx.ConnectError(f"connection to {origin[0]}:{origin[1]} failed: {error}") from None
+            raise httpx.ConnectError(
+                f"connection to {origin[0]}:{origin[1]} failed: {error}: check the upstream is running"
+            ) from None
         return connection
 
 
